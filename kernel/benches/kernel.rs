@@ -1,0 +1,2 @@
+//! Kernel micro-benchmarks.
+fn main() {}

@@ -1,0 +1,356 @@
+//! The one typed event bus: every lifecycle transition is an [`Event`]; sinks (JSONL, health,
+//! plugins, the CLI) subscribe to the same stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+
+use crate::agent::AgentState;
+use crate::ids::{AgentId, BatchId, TaskId, Timestamp};
+use crate::task::{Status, Target};
+
+/// Which output stream of a command a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Severity of an agent's log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Very detailed.
+    Trace,
+    /// Detailed.
+    Debug,
+    /// Normal.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something is wrong.
+    Error,
+}
+
+/// A lifecycle transition or a report from an agent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// An agent was registered (state Starting).
+    AgentSpawned {
+        /// The agent.
+        agent: AgentId,
+        /// Its role.
+        role: Arc<str>,
+        /// Its driver's name.
+        driver: Arc<str>,
+        /// Tasks in flight at once.
+        capacity: u32,
+    },
+    /// An agent moved from one state to another.
+    AgentStateChanged {
+        /// The agent.
+        agent: AgentId,
+        /// Its role.
+        role: Arc<str>,
+        /// The state it left.
+        from: AgentState,
+        /// The state it entered.
+        to: AgentState,
+    },
+    /// An agent failed (crash, lost lease, failed start).
+    AgentFailed {
+        /// The agent.
+        agent: AgentId,
+        /// Its role.
+        role: Arc<str>,
+        /// Why.
+        reason: Arc<str>,
+        /// Tasks it was running (they go back to their retry policy).
+        in_flight: u32,
+    },
+    /// A task entered the kernel.
+    TaskSubmitted {
+        /// The task.
+        task: TaskId,
+        /// Its label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<Arc<str>>,
+        /// Where it may run.
+        target: Target,
+        /// Its priority.
+        priority: i32,
+        /// Its batch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch: Option<BatchId>,
+    },
+    /// A task was handed to an agent.
+    TaskDelegated {
+        /// The task.
+        task: TaskId,
+        /// The agent.
+        agent: AgentId,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// An attempt started on its agent.
+    TaskStarted {
+        /// The task.
+        task: TaskId,
+        /// The agent.
+        agent: AgentId,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// A chunk of a command's output.
+    TaskOutput {
+        /// The task.
+        task: TaskId,
+        /// The agent.
+        agent: AgentId,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes (lossy UTF-8).
+        chunk: String,
+    },
+    /// An attempt failed and the task will be tried again after `delay_ms`.
+    TaskRetrying {
+        /// The task.
+        task: TaskId,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The wait before the next attempt.
+        delay_ms: u64,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// A task ended (exactly once per task).
+    TaskCompleted {
+        /// The task.
+        task: TaskId,
+        /// Its label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<Arc<str>>,
+        /// How it ended.
+        status: Status,
+        /// Attempts made.
+        attempts: u32,
+        /// The agent of the last attempt.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<AgentId>,
+        /// Run time of the last attempt, in milliseconds.
+        duration_ms: f64,
+        /// The error, if it did not succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A log line from an agent (or from its driver about it).
+    AgentLog {
+        /// The agent.
+        agent: AgentId,
+        /// The task it concerns.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task: Option<TaskId>,
+        /// Severity.
+        level: LogLevel,
+        /// The text.
+        message: String,
+    },
+    /// A number reported by an agent.
+    Metric {
+        /// The agent.
+        agent: AgentId,
+        /// The task it concerns.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task: Option<TaskId>,
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: f64,
+    },
+}
+
+/// An [`Event`] with its sequence number and time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventEnvelope {
+    /// Strictly increasing per kernel (gaps mean nobody was listening).
+    pub seq: u64,
+    /// When it was emitted.
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The bus. Cheap to emit on when nobody listens; each subscriber has its own bounded buffer
+/// and a slow one loses the oldest events (counted in [`EventBus::lagged`]), never slows the
+/// emitter.
+#[derive(Debug)]
+pub(crate) struct EventBus {
+    tx: broadcast::Sender<Arc<EventEnvelope>>,
+    seq: AtomicU64,
+    lagged: Arc<AtomicU64>,
+}
+
+impl EventBus {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        EventBus {
+            tx,
+            seq: AtomicU64::new(0),
+            lagged: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Emits an event built lazily: when nobody listens, `make` is not called.
+    #[inline]
+    pub(crate) fn emit_with(&self, make: impl FnOnce() -> Event) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let env = EventEnvelope {
+            seq,
+            at: Timestamp::now(),
+            event: make(),
+        };
+        let _ = self.tx.send(Arc::new(env));
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.emit_with(|| event)
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        EventStream {
+            rx: self.tx.subscribe(),
+            lagged: self.lagged.clone(),
+        }
+    }
+
+    pub(crate) fn emitted(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+}
+
+/// A subscription to the bus.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: broadcast::Receiver<Arc<EventEnvelope>>,
+    lagged: Arc<AtomicU64>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the kernel is gone. Events lost to lag are counted and
+    /// skipped.
+    pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.lagged.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one is buffered.
+    pub fn try_recv(&mut self) -> Option<Arc<EventEnvelope>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.lagged.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Writes every event as one JSON line to a file, until the kernel shuts down.
+#[derive(Debug)]
+pub struct JsonlSink {
+    path: PathBuf,
+    done: tokio::task::JoinHandle<std::io::Result<u64>>,
+}
+
+impl JsonlSink {
+    pub(crate) async fn start(
+        mut stream: EventStream,
+        path: &Path,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        let done = tokio::spawn(async move {
+            let mut out = tokio::io::BufWriter::new(file);
+            let mut written = 0u64;
+            let mut line = Vec::with_capacity(256);
+            loop {
+                let ev = tokio::select! {
+                    biased;
+                    ev = stream.recv() => ev,
+                    _ = stop.cancelled() => None,
+                };
+                let Some(ev) = ev else { break };
+                let mut next = Some(ev);
+                while let Some(ev) = next {
+                    line.clear();
+                    serde_json::to_writer(&mut line, &*ev)?;
+                    line.push(b'\n');
+                    out.write_all(&line).await?;
+                    written += 1;
+                    next = stream.try_recv();
+                }
+                out.flush().await?;
+            }
+            while let Some(ev) = stream.try_recv() {
+                line.clear();
+                serde_json::to_writer(&mut line, &*ev)?;
+                line.push(b'\n');
+                out.write_all(&line).await?;
+                written += 1;
+            }
+            out.flush().await?;
+            Ok(written)
+        });
+        Ok(JsonlSink {
+            path: path.to_owned(),
+            done,
+        })
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits until the sink has written everything (after the kernel's shutdown) and returns
+    /// the number of lines written.
+    pub async fn finish(self) -> std::io::Result<u64> {
+        match self.done.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
