@@ -1,0 +1,197 @@
+//! `hive agents` (serve the pools of a config until Ctrl-C) and `hive health` (ask the serving
+//! process over its control socket, or start the pools fresh as a readiness check).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use hive_kernel::{
+    request_health, serve_control, socket_path, Config, HealthReport, Kernel, ShutdownMode,
+};
+
+use crate::Exit;
+
+#[derive(Args, Debug)]
+pub(crate) struct AgentsArgs {
+    /// The config file with the pools.
+    #[arg(long, value_name = "FILE", default_value = "hive.toml")]
+    config: PathBuf,
+    /// State directory (control socket); default $HIVE_STATE_DIR, the config's, or .hive.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Append every event to this file as JSON Lines.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HealthArgs {
+    /// The config file of the pools.
+    #[arg(long, value_name = "FILE", default_value = "hive.toml")]
+    config: PathBuf,
+    /// State directory; default $HIVE_STATE_DIR, the config's, or .hive.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Builds the kernel of a config and spawns its pools. Returns the kernel and the spawn
+/// failures (as messages).
+async fn start_pools(config: &Config) -> Result<(Kernel, Vec<String>), Exit> {
+    let kernel = config.kernel_builder().build()?;
+    let mut failures = Vec::new();
+    let pools = config.pools();
+    for p in &pools {
+        kernel.declare_role(&*p.role, p.role_config)?;
+    }
+    let spawns = pools.iter().flat_map(|p| (0..p.size).map(move |_| p.spec.clone()));
+    let mut set = tokio::task::JoinSet::new();
+    for spec in spawns {
+        let k = kernel.clone();
+        set.spawn(async move { k.spawn_agent(spec).await });
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(e) => failures.push(format!("spawn task failed: {e}")),
+        }
+    }
+    Ok((kernel, failures))
+}
+
+pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
+    let config = Config::load(&args.config)?;
+    let state = crate::state_dir(args.state_dir, Some(&config));
+    let sock = socket_path(&state, &args.config);
+    if request_health(&sock).await.ok().flatten().is_some() {
+        return Err(Exit::bad_input(format!(
+            "another `hive agents` already serves {} (socket {})",
+            args.config.display(),
+            sock.display()
+        )));
+    }
+    let (kernel, failures) = start_pools(&config).await?;
+    let sink = match &args.events {
+        Some(p) => Some(
+            kernel
+                .jsonl_sink(p)
+                .await
+                .map_err(|e| Exit::bad_input(format!("--events {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("hive: {f}");
+        }
+        kernel.shutdown(ShutdownMode::Now).await;
+        return Err(Exit::failed(format!("{} agent(s) did not start", failures.len())));
+    }
+    let server = serve_control(kernel.clone(), sock.clone())
+        .await
+        .map_err(|e| Exit::failed(e.to_string()))?;
+    let h = kernel.health();
+    eprintln!(
+        "hive agents: {} agent(s) ready in {} role(s) from {}; health: hive health --config {}; Ctrl-C drains",
+        h.agents.ready + h.agents.busy,
+        h.roles.len(),
+        args.config.display(),
+        args.config.display()
+    );
+    wait_for_stop().await;
+    eprintln!("hive agents: draining (Ctrl-C again to stop now)");
+    let drain = kernel.shutdown(ShutdownMode::Graceful);
+    tokio::select! {
+        _ = drain => {}
+        _ = wait_for_stop() => {
+            eprintln!("hive agents: stopping now");
+            kernel.shutdown(ShutdownMode::Now).await;
+        }
+    }
+    let _ = server.await;
+    if let Some(s) = sink {
+        let _ = s.finish().await;
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(0)
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub(crate) async fn health(args: HealthArgs) -> Result<u8, Exit> {
+    let config = Config::load(&args.config)?;
+    let state = crate::state_dir(args.state_dir, Some(&config));
+    let sock = socket_path(&state, &args.config);
+    let (report, source, failures) = match request_health(&sock).await {
+        Ok(Some(r)) => (r, format!("hive agents serving {}", args.config.display()), Vec::new()),
+        Ok(None) | Err(_) => {
+            let (kernel, failures) = start_pools(&config).await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = kernel.health();
+            kernel.shutdown(ShutdownMode::Now).await;
+            (r, format!("readiness check of {} (no `hive agents` serving it)", args.config.display()), failures)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print_report(&report, &source, &args.config);
+    }
+    for f in &failures {
+        eprintln!("hive: {f}");
+    }
+    Ok(if report.status == "ok" && failures.is_empty() { 0 } else { 1 })
+}
+
+fn print_report(r: &HealthReport, source: &str, _config: &Path) {
+    println!("{source}");
+    println!(
+        "status {}   uptime {:.1}s   agents: {} ready, {} busy, {} starting, {} draining, {} failed, {} stopped",
+        r.status,
+        r.uptime_s,
+        r.agents.ready,
+        r.agents.busy,
+        r.agents.starting,
+        r.agents.draining,
+        r.agents.failed,
+        r.agents.stopped
+    );
+    println!(
+        "{:<16} {:>6} {:>9} {:>7} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "ROLE", "AGENTS", "IN-FLIGHT", "QUEUED", "OLDEST", "OK", "FAILED", "P50", "P95"
+    );
+    for (name, h) in &r.roles {
+        println!(
+            "{:<16} {:>6} {:>4}/{:<4} {:>7} {:>8.0}ms {:>8} {:>7} {:>7.1}ms {:>7.1}ms",
+            name,
+            h.agents,
+            h.in_flight,
+            h.capacity,
+            h.queue_depth,
+            h.oldest_wait_ms,
+            h.succeeded,
+            h.failed + h.timed_out,
+            h.latency.p50_ms,
+            h.latency.p95_ms
+        );
+    }
+    for a in r.agent_list.iter().filter(|a| a.state.is_terminal()) {
+        println!("{} ({}) {}", a.id, a.role, a.state);
+    }
+}
