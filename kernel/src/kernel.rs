@@ -1269,10 +1269,14 @@ impl Inner {
             error: error.as_ref().map(|e| e.message.clone()),
             exit_code,
         });
-        let outcome = if let Some(v) = output {
-            Outcome::Succeeded(v)
-        } else if st.cancel_requested || status == AttemptStatus::Cancelled {
+        let outcome = if st.cancel_requested || status == AttemptStatus::Cancelled {
+            // A cancel requested before the attempt ended wins, even over its output.
+            if let Some(last) = st.attempts.last_mut() {
+                last.status = AttemptStatus::Cancelled;
+            }
             Outcome::Cancelled
+        } else if let Some(v) = output {
+            Outcome::Succeeded(v)
         } else {
             let err = error.unwrap_or_else(|| TaskError::new("failed"));
             let n = st.attempts.len() as u32;
