@@ -1220,6 +1220,14 @@ impl Inner {
         let (status, output, error): (AttemptStatus, Option<Value>, Option<TaskError>) =
             match (why, res) {
                 (None, Some(Ok(v))) => (AttemptStatus::Succeeded, Some(v), None),
+                (None, Some(Err(e))) if agent.lost.is_cancelled() => {
+                    // The attempt broke because its agent died under it.
+                    let why = match agent.state() {
+                        AgentState::Failed(r) => format!("{} failed: {r}", agent.id),
+                        other => format!("{} was shut down ({other}): {e}", agent.id),
+                    };
+                    (AttemptStatus::AgentLost, None, Some(TaskError::new(why)))
+                }
                 (None, Some(Err(e))) => (AttemptStatus::Failed, None, Some(e)),
                 (None, None) => (
                     AttemptStatus::Failed,

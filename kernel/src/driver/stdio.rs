@@ -409,14 +409,15 @@ impl Driver for StdioDriver {
                 Ok(s) => format!("agent process exited ({})", super::process_describe(&s)),
                 Err(e) => format!("agent process lost: {e}"),
             };
+            // Fail the agent first, so its in-flight attempts end as "agent lost".
+            if !wshared.stopping.load(Ordering::Acquire) {
+                wshared.link.fail(why.clone());
+            }
             let orphans: Vec<_> = wshared.pending.lock().drain().collect();
             for (_, tx) in orphans {
                 let _ = tx.send(Err(TaskError::new(why.clone())));
             }
-            let _ = exit_tx.send(Some(why.clone()));
-            if !wshared.stopping.load(Ordering::Acquire) {
-                wshared.link.fail(why);
-            }
+            let _ = exit_tx.send(Some(why));
         });
 
         let hello = HostMsg::Hello {
