@@ -194,7 +194,8 @@ pub struct Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
 fn secs(path: &Path, text: &str, key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -225,12 +226,13 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let invalid = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
-            path: path.into(),
-            line: line_of(text, span.start),
-            key: key.into(),
-            message,
-        };
+        let invalid =
+            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
+                path: path.into(),
+                line: line_of(text, span.start),
+                key: key.into(),
+                message,
+            };
         let k = &raw.kernel;
         secs(path, text, "default_timeout_s", k.default_timeout_s)?;
         secs(path, text, "grace_period_s", k.grace_period_s)?;
@@ -254,7 +256,11 @@ impl Config {
         for p in &raw.pools {
             let role = p.role.get_ref();
             if role.trim().is_empty() {
-                return Err(invalid(p.role.span(), "role", "expected a non-empty role name".into()));
+                return Err(invalid(
+                    p.role.span(),
+                    "role",
+                    "expected a non-empty role name".into(),
+                ));
             }
             if let Some(first) = seen.insert(role.clone(), line_of(text, p.role.span().start)) {
                 return Err(invalid(
@@ -283,7 +289,11 @@ impl Config {
                 }
             }
             if p.capacity == 0 {
-                return Err(invalid(p.role.span(), "capacity", format!("pool `{role}`: expected at least 1")));
+                return Err(invalid(
+                    p.role.span(),
+                    "capacity",
+                    format!("pool `{role}`: expected at least 1"),
+                ));
             }
             if let Some(g) = p.grace_period_s {
                 secs(path, text, "grace_period_s", g)?;
@@ -346,13 +356,20 @@ impl Config {
                 });
                 let grace = p.grace_period_s.map(Duration::from_secs_f64);
                 let driver: Arc<dyn Driver> = if p.driver.get_ref() == "stdio" {
-                    let program = p.command.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+                    let program = p
+                        .command
+                        .as_ref()
+                        .map(|c| c.get_ref().clone())
+                        .unwrap_or_default();
                     let mut c = StdioConfig::new(program);
                     c.args(p.args.clone());
                     c.env = p.env.clone();
                     c.cwd = cwd;
                     c.grace = grace;
-                    let hb = p.heartbeat_ms.map(Duration::from_millis).unwrap_or(c.heartbeat);
+                    let hb = p
+                        .heartbeat_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(c.heartbeat);
                     let lease = p
                         .lease_ms
                         .map(Duration::from_millis)
@@ -452,7 +469,10 @@ order = "shortest_first"
     #[test]
     fn semantic_errors_name_line() {
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"ssh\"\n").expect_err("bad driver");
-        assert_eq!(e.to_string(), "conf/hive.toml:3: `driver`: unknown driver `ssh`, expected `process` or `stdio`");
+        assert_eq!(
+            e.to_string(),
+            "conf/hive.toml:3: `driver`: unknown driver `ssh`, expected `process` or `stdio`"
+        );
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"stdio\"\n").expect_err("no command");
         assert!(e.to_string().contains("needs `command`"), "{e}");
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"process\"\n[[pools]]\nrole = \"a\"\ndriver = \"process\"\n")

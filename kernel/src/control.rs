@@ -42,7 +42,10 @@ pub enum ControlError {
 }
 
 /// Serves the control socket until the kernel shuts down; removes the socket file then.
-pub async fn serve(kernel: Kernel, path: PathBuf) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+pub async fn serve(
+    kernel: Kernel,
+    path: PathBuf,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,
@@ -72,9 +75,13 @@ pub async fn serve(kernel: Kernel, path: PathBuf) -> Result<tokio::task::JoinHan
                 while let Ok(Some(line)) = lines.next_line().await {
                     let reply = match serde_json::from_str::<Value>(&line) {
                         Ok(v) => match v.get("cmd").and_then(Value::as_str) {
-                            Some("health") => serde_json::to_value(k.health()).unwrap_or(Value::Null),
+                            Some("health") => {
+                                serde_json::to_value(k.health()).unwrap_or(Value::Null)
+                            }
                             Some("ping") => json!({"ok": true}),
-                            other => json!({"error": format!("unknown cmd {other:?}; expected health or ping")}),
+                            other => {
+                                json!({"error": format!("unknown cmd {other:?}; expected health or ping")})
+                            }
                         },
                         Err(e) => json!({"error": format!("request is not JSON: {e}")}),
                     };

@@ -26,9 +26,7 @@ use crate::event::{Event, EventBus, EventStream, JsonlSink};
 use crate::health::RoleStats;
 use crate::ids::{AgentId, BatchId, TaskId, Timestamp};
 use crate::queue::{Pushed, QueueKey, QueueOrder, TaskQueue};
-use crate::task::{
-    AttemptRecord, AttemptStatus, Outcome, Target, TaskError, TaskResult, TaskSpec,
-};
+use crate::task::{AttemptRecord, AttemptStatus, Outcome, Target, TaskError, TaskResult, TaskSpec};
 
 /// How a role hands its tasks to its agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -159,7 +157,11 @@ pub struct BatchResult {
 impl BatchResult {
     /// Sum of run times over the wall time.
     pub fn speedup_vs_serial(&self) -> f64 {
-        let serial: f64 = self.results.iter().map(|r| r.run_time().as_secs_f64()).sum();
+        let serial: f64 = self
+            .results
+            .iter()
+            .map(|r| r.run_time().as_secs_f64())
+            .sum();
         let wall = self.wall.as_secs_f64();
         if wall > 0.0 {
             serial / wall
@@ -353,7 +355,6 @@ impl RoleState {
             stats: RoleStats::new(),
         }
     }
-
 }
 
 enum Phase {
@@ -467,7 +468,11 @@ impl Kernel {
 
     /// Shuts an agent down. `Graceful` waits for its in-flight tasks; `Now` interrupts them
     /// (they go back to their retry policy). Tasks waiting in its own queue are rerouted.
-    pub async fn shutdown_agent(&self, id: AgentId, mode: ShutdownMode) -> Result<(), ShutdownError> {
+    pub async fn shutdown_agent(
+        &self,
+        id: AgentId,
+        mode: ShutdownMode,
+    ) -> Result<(), ShutdownError> {
         self.inner.shutdown_agent(id, mode).await
     }
 
@@ -616,7 +621,11 @@ impl Inner {
             return Err(SpawnError::ShuttingDown);
         }
         let role = self.role_state(&spec.role);
-        let caps: Vec<Arc<RoleState>> = spec.capabilities.iter().map(|c| self.cap_state(c)).collect();
+        let caps: Vec<Arc<RoleState>> = spec
+            .capabilities
+            .iter()
+            .map(|c| self.cap_state(c))
+            .collect();
         let id = AgentId(self.next());
         let mut queues = Vec::with_capacity(2 + caps.len());
         queues.push(Arc::new(TaskQueue::new(
@@ -718,7 +727,8 @@ impl Inner {
         self.detach(&agent);
         self.retire(id);
         if let Some(h) = agent.handle.get().cloned() {
-            self.rt.spawn(async move { h.stop(ShutdownMode::Now).await });
+            self.rt
+                .spawn(async move { h.stop(ShutdownMode::Now).await });
         }
     }
 
@@ -783,7 +793,10 @@ impl Inner {
                 for (id, silence) in expired {
                     k.fail_agent(
                         id,
-                        format!("lease expired: nothing heard for {} ms", silence.as_millis()),
+                        format!(
+                            "lease expired: nothing heard for {} ms",
+                            silence.as_millis()
+                        ),
                     );
                 }
             }
@@ -1179,7 +1192,12 @@ impl Inner {
                     cancel: token.clone(),
                     link: AgentLink::new(agent_id, agent.lease.clone(), self.me.clone()),
                 };
-                let span = tracing::debug_span!("attempt", task = task_id.get(), agent = agent_id.get(), attempt);
+                let span = tracing::debug_span!(
+                    "attempt",
+                    task = task_id.get(),
+                    agent = agent_id.get(),
+                    attempt
+                );
                 let fut = handle.execute(ctx).instrument(span);
                 tokio::pin!(fut);
                 let sleep = tokio::time::sleep(limit);
@@ -1256,10 +1274,7 @@ impl Inner {
                 }
             };
         let exit_code = match (&output, &error) {
-            (Some(v), _) => v
-                .get("exit_code")
-                .and_then(Value::as_i64)
-                .map(|c| c as i32),
+            (Some(v), _) => v.get("exit_code").and_then(Value::as_i64).map(|c| c as i32),
             (_, Some(e)) => e.exit_code,
             _ => None,
         };
@@ -1378,7 +1393,9 @@ impl Inner {
         let status = outcome.status();
         let last = attempts.last();
         let run = last.map(|a| a.finished_at.since(a.started_at));
-        let wait = attempts.first().map(|a| a.started_at.since(entry.queued_at));
+        let wait = attempts
+            .first()
+            .map(|a| a.started_at.since(entry.queued_at));
         entry.route.stats.record(status, run, wait);
         self.bus.emit_with(|| Event::TaskCompleted {
             task: entry.id,
@@ -1389,7 +1406,9 @@ impl Inner {
             duration_ms: run.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
             error: match &outcome {
                 Outcome::Failed(e) => Some(e.message.clone()),
-                Outcome::TimedOut => last.and_then(|a| a.error.clone()).or(Some("deadline passed".into())),
+                Outcome::TimedOut => last
+                    .and_then(|a| a.error.clone())
+                    .or(Some("deadline passed".into())),
                 _ => None,
             },
         });
@@ -1473,7 +1492,9 @@ impl Inner {
             while running.len() < max && next < n {
                 let idx = order[next];
                 next += 1;
-                let Some(spec) = specs[idx].take() else { continue };
+                let Some(spec) = specs[idx].take() else {
+                    continue;
+                };
                 if cell.cancelled.load(Ordering::Acquire) {
                     results[idx] = Some(self.never_ran(&spec, Outcome::Cancelled));
                     continue;
@@ -1481,7 +1502,8 @@ impl Inner {
                 match self.submit(spec.clone(), Some(cell.clone()), true).await {
                     Ok(h) => running.push(async move { (idx, h.await) }),
                     Err(e) => {
-                        let r = self.never_ran(&spec, Outcome::Failed(TaskError::permanent(e.to_string())));
+                        let r = self
+                            .never_ran(&spec, Outcome::Failed(TaskError::permanent(e.to_string())));
                         results[idx] = Some(r);
                         if opts.cancellation == Cancellation::Cascading {
                             self.cancel_batch(&cell);
@@ -1502,7 +1524,8 @@ impl Inner {
                 .zip(specs)
                 .map(|(r, s)| {
                     r.unwrap_or_else(|| {
-                        let spec = s.unwrap_or_else(|| TaskSpec::new(Target::role("?"), Value::Null));
+                        let spec =
+                            s.unwrap_or_else(|| TaskSpec::new(Target::role("?"), Value::Null));
                         self.never_ran(&spec, Outcome::Cancelled)
                     })
                 })
@@ -1596,7 +1619,10 @@ mod tests {
     fn round_robin_interleaves_targets() {
         let a = |n: &str| TaskSpec::for_role(n, Value::Null);
         let specs = vec![a("x"), a("x"), a("x"), a("y"), a("y"), a("z")];
-        assert_eq!(batch_order(&specs, Fairness::RoundRobin), vec![0, 3, 5, 1, 4, 2]);
+        assert_eq!(
+            batch_order(&specs, Fairness::RoundRobin),
+            vec![0, 3, 5, 1, 4, 2]
+        );
     }
 
     #[test]
@@ -1609,7 +1635,10 @@ mod tests {
             }
         };
         let specs = vec![c(Some(3.0)), c(None), c(Some(1.0)), c(Some(3.0))];
-        assert_eq!(batch_order(&specs, Fairness::ShortestFirst), vec![2, 0, 3, 1]);
+        assert_eq!(
+            batch_order(&specs, Fairness::ShortestFirst),
+            vec![2, 0, 3, 1]
+        );
     }
 
     #[test]

@@ -43,13 +43,13 @@ pub use event::{Event, EventEnvelope, EventStream, JsonlSink, LogLevel, Stream};
 pub use health::{AgentCounts, HealthReport, Quantiles, RoleHealth};
 pub use ids::{AgentId, BatchId, TaskId, Timestamp};
 pub use kernel::{
-    BatchOptions, BatchResult, Cancellation, Dispatch, Fairness, Kernel, KernelBuilder,
-    RoleConfig, TaskHandle,
+    BatchOptions, BatchResult, Cancellation, Dispatch, Fairness, Kernel, KernelBuilder, RoleConfig,
+    TaskHandle,
 };
 pub use queue::QueueOrder;
 pub use task::{
-    AttemptRecord, AttemptStatus, Backoff, Jitter, Outcome, RetryPolicy, Status, Target,
-    TaskError, TaskResult, TaskSpec,
+    AttemptRecord, AttemptStatus, Backoff, Jitter, Outcome, RetryPolicy, Status, Target, TaskError,
+    TaskResult, TaskSpec,
 };
 
 /// The orphan guard's pid (the process that kills this process's commands if it dies), once

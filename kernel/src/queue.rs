@@ -152,7 +152,12 @@ impl TaskQueue {
     /// An agent with a free slot looks for work: if a task waits, it takes a slot and the
     /// task; otherwise it registers as idle (once), so the next push hands to it. Both under
     /// the queue's lock, so no push is missed.
-    pub(crate) fn park(&self, agent: &Arc<AgentCell>, idx: usize, bus: &EventBus) -> Option<Queued> {
+    pub(crate) fn park(
+        &self,
+        agent: &Arc<AgentCell>,
+        idx: usize,
+        bus: &EventBus,
+    ) -> Option<Queued> {
         let mut q = self.inner.lock();
         if !q.items.is_empty() {
             if agent.try_take_slot(bus) {

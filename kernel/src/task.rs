@@ -508,14 +508,18 @@ mod tests {
     #[test]
     fn jittered_delays_stay_in_bounds_and_are_seedable() {
         for jitter in [Jitter::None, Jitter::Full, Jitter::Equal] {
-            let p = RetryPolicy::exponential(5, Duration::from_millis(10), 3.0, Duration::from_secs(1))
-                .with_jitter(jitter);
+            let p =
+                RetryPolicy::exponential(5, Duration::from_millis(10), 3.0, Duration::from_secs(1))
+                    .with_jitter(jitter);
             let mut a = fastrand::Rng::with_seed(7);
             let mut b = fastrand::Rng::with_seed(7);
             for n in 1..6 {
                 let (lo, hi) = p.delay_bounds(n);
                 let d = p.delay(n, &mut a);
-                assert!(d >= lo && d <= hi, "{jitter:?} n={n}: {d:?} not in [{lo:?}, {hi:?}]");
+                assert!(
+                    d >= lo && d <= hi,
+                    "{jitter:?} n={n}: {d:?} not in [{lo:?}, {hi:?}]"
+                );
                 assert_eq!(d, p.delay(n, &mut b), "same seed, same delay");
             }
         }

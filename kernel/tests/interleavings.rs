@@ -54,7 +54,13 @@ impl AgentHandle for Worker {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { ms: u8, fail: bool, retries: u8, prio: i8, wait: bool },
+    Submit {
+        ms: u8,
+        fail: bool,
+        retries: u8,
+        prio: i8,
+        wait: bool,
+    },
     Cancel(usize),
     Kill(usize),
     Stop(usize),
@@ -75,7 +81,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let k = Kernel::builder().seed(3).event_capacity(1 << 16).build().expect("kernel");
+    let k = Kernel::builder()
+        .seed(3)
+        .event_capacity(1 << 16)
+        .build()
+        .expect("kernel");
     let mut rc = RoleConfig::new();
     rc.queue_capacity(6);
     k.declare_role("w", rc).expect("declare");
@@ -83,13 +93,23 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut events = k.subscribe();
     let mut agents = Vec::new();
     for cap in [1, 2] {
-        agents.push(k.spawn_agent(AgentSpec::new("w", driver.clone()).with_capacity(cap)).await.expect("spawn"));
+        agents.push(
+            k.spawn_agent(AgentSpec::new("w", driver.clone()).with_capacity(cap))
+                .await
+                .expect("spawn"),
+        );
     }
     let mut handles = Vec::new();
     let mut max_attempts = HashMap::new();
     for op in ops {
         match op {
-            Op::Submit { ms, fail, retries, prio, wait } => {
+            Op::Submit {
+                ms,
+                fail,
+                retries,
+                prio,
+                wait,
+            } => {
                 let spec = TaskSpec::for_role("w", json!({"ms": ms, "fail": fail}))
                     .with_priority(prio as i32)
                     .with_retry(RetryPolicy::fixed(retries as u32, Duration::from_millis(1)));
@@ -137,7 +157,11 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     // Make sure someone can finish what waits.
-    agents.push(k.spawn_agent(AgentSpec::new("w", driver.clone()).with_capacity(2)).await.expect("spawn"));
+    agents.push(
+        k.spawn_agent(AgentSpec::new("w", driver.clone()).with_capacity(2))
+            .await
+            .expect("spawn"),
+    );
     let mut ended = HashMap::new();
     for h in handles {
         let id = h.id();
@@ -147,9 +171,15 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(r.id, id);
         prop_assert!(
             r.attempts.len() <= max_attempts[&id],
-            "{} made {} attempts, max {}", id, r.attempts.len(), max_attempts[&id]
+            "{} made {} attempts, max {}",
+            id,
+            r.attempts.len(),
+            max_attempts[&id]
         );
-        prop_assert!(matches!(r.status(), Status::Succeeded | Status::Failed | Status::Cancelled));
+        prop_assert!(matches!(
+            r.status(),
+            Status::Succeeded | Status::Failed | Status::Cancelled
+        ));
         ended.insert(id, r.status());
     }
     // Exactly one TaskCompleted per task, matching its result.
@@ -162,7 +192,12 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
     prop_assert_eq!(k.health().events_lagged, 0);
     prop_assert_eq!(completed.len(), ended.len());
     for (id, st) in &ended {
-        prop_assert_eq!(completed.get(id).map(Vec::as_slice), Some(&[*st][..]), "{}", id);
+        prop_assert_eq!(
+            completed.get(id).map(Vec::as_slice),
+            Some(&[*st][..]),
+            "{}",
+            id
+        );
     }
     // No slot leaks, nothing left behind.
     let mut idle = false;
@@ -176,7 +211,10 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     prop_assert!(idle, "not idle: {:?}", k.health().roles["w"]);
     let w = &k.health().roles["w"];
-    prop_assert_eq!(w.succeeded + w.failed + w.cancelled + w.timed_out, ended.len() as u64);
+    prop_assert_eq!(
+        w.succeeded + w.failed + w.cancelled + w.timed_out,
+        ended.len() as u64
+    );
     k.shutdown(ShutdownMode::Now).await;
     Ok(())
 }

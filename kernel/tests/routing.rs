@@ -21,7 +21,10 @@ fn gated(gate: Arc<Semaphore>, seen: Arc<parking_lot::Mutex<Vec<Value>>>) -> Inp
         let gate = gate.clone();
         let seen = seen.clone();
         async move {
-            let _p = gate.acquire().await.map_err(|e| hive_kernel::TaskError::new(e.to_string()))?;
+            let _p = gate
+                .acquire()
+                .await
+                .map_err(|e| hive_kernel::TaskError::new(e.to_string()))?;
             seen.lock().push((*t.payload).clone());
             Ok(json!({"agent": t.agent.get()}))
         }
@@ -62,26 +65,44 @@ async fn full_queue_blocks_submit_and_try_submit_says_busy() {
     k.declare_role("w", rc).expect("declare");
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()))
-        .await
-        .expect("spawn");
+    k.spawn_agent(AgentSpec::new(
+        "w",
+        gated(gate.clone(), seen.clone()).shared(),
+    ))
+    .await
+    .expect("spawn");
     // One runs (blocked on the gate), two wait: the queue is full.
-    let h1 = k.submit(TaskSpec::for_role("w", json!(1))).await.expect("1");
-    let h2 = k.submit(TaskSpec::for_role("w", json!(2))).await.expect("2");
-    let h3 = k.submit(TaskSpec::for_role("w", json!(3))).await.expect("3");
+    let h1 = k
+        .submit(TaskSpec::for_role("w", json!(1)))
+        .await
+        .expect("1");
+    let h2 = k
+        .submit(TaskSpec::for_role("w", json!(2)))
+        .await
+        .expect("2");
+    let h3 = k
+        .submit(TaskSpec::for_role("w", json!(3)))
+        .await
+        .expect("3");
     match k.try_submit(TaskSpec::for_role("w", json!(4))) {
         Err(SubmitError::Busy(t)) => assert_eq!(t, Target::role("w")),
         other => panic!("expected Busy, got {other:?}"),
     }
     let k2 = k.clone();
-    let mut blocked = tokio::spawn(async move { k2.submit(TaskSpec::for_role("w", json!(5))).await });
+    let mut blocked =
+        tokio::spawn(async move { k2.submit(TaskSpec::for_role("w", json!(5))).await });
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut blocked).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(200), &mut blocked)
+            .await
+            .is_err(),
         "submit must wait while the queue is full"
     );
     assert_eq!(k.health().roles["w"].queue_depth, 2);
     gate.add_permits(100);
-    let h5 = blocked.await.expect("join").expect("submit resumes once there is room");
+    let h5 = blocked
+        .await
+        .expect("join")
+        .expect("submit resumes once there is room");
     for h in [h1, h2, h3, h5] {
         assert_eq!(h.await.status(), Status::Succeeded);
     }
@@ -93,18 +114,38 @@ async fn queue_orders_by_priority_then_fifo() {
     let k = kernel().await;
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()))
+    k.spawn_agent(AgentSpec::new(
+        "w",
+        gated(gate.clone(), seen.clone()).shared(),
+    ))
+    .await
+    .expect("spawn");
+    let mut hs = vec![k
+        .submit(TaskSpec::for_role("w", json!("first")))
         .await
-        .expect("spawn");
-    let mut hs = vec![k.submit(TaskSpec::for_role("w", json!("first"))).await.expect("s")];
+        .expect("s")];
     for (p, name) in [(0, "a"), (5, "b"), (1, "c"), (5, "d"), (-3, "e")] {
-        hs.push(k.submit(TaskSpec::for_role("w", json!(name)).with_priority(p)).await.expect("s"));
+        hs.push(
+            k.submit(TaskSpec::for_role("w", json!(name)).with_priority(p))
+                .await
+                .expect("s"),
+        );
     }
     gate.add_permits(100);
     for h in hs {
         h.await;
     }
-    assert_eq!(*seen.lock(), vec![json!("first"), json!("b"), json!("d"), json!("c"), json!("a"), json!("e")]);
+    assert_eq!(
+        *seen.lock(),
+        vec![
+            json!("first"),
+            json!("b"),
+            json!("d"),
+            json!("c"),
+            json!("a"),
+            json!("e")
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,19 +156,42 @@ async fn shortest_first_orders_by_cost() {
     k.declare_role("w", rc).expect("declare");
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()))
+    k.spawn_agent(AgentSpec::new(
+        "w",
+        gated(gate.clone(), seen.clone()).shared(),
+    ))
+    .await
+    .expect("spawn");
+    let mut hs = vec![k
+        .submit(TaskSpec::for_role("w", json!("first")))
         .await
-        .expect("spawn");
-    let mut hs = vec![k.submit(TaskSpec::for_role("w", json!("first"))).await.expect("s")];
+        .expect("s")];
     for (c, name) in [(9.0, "slow"), (0.5, "quick"), (3.0, "mid")] {
-        hs.push(k.submit(TaskSpec::for_role("w", json!(name)).with_cost(c)).await.expect("s"));
+        hs.push(
+            k.submit(TaskSpec::for_role("w", json!(name)).with_cost(c))
+                .await
+                .expect("s"),
+        );
     }
-    hs.push(k.submit(TaskSpec::for_role("w", json!("unknown"))).await.expect("s"));
+    hs.push(
+        k.submit(TaskSpec::for_role("w", json!("unknown")))
+            .await
+            .expect("s"),
+    );
     gate.add_permits(100);
     for h in hs {
         h.await;
     }
-    assert_eq!(*seen.lock(), vec![json!("first"), json!("quick"), json!("mid"), json!("slow"), json!("unknown")]);
+    assert_eq!(
+        *seen.lock(),
+        vec![
+            json!("first"),
+            json!("quick"),
+            json!("mid"),
+            json!("slow"),
+            json!("unknown")
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,13 +200,19 @@ async fn pull_spreads_work_over_agents_with_spare_capacity() {
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     for _ in 0..4 {
-        k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(2))
-            .await
-            .expect("spawn");
+        k.spawn_agent(
+            AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(2),
+        )
+        .await
+        .expect("spawn");
     }
     let mut hs = Vec::new();
     for i in 0..8 {
-        hs.push(k.submit(TaskSpec::for_role("w", json!(i))).await.expect("s"));
+        hs.push(
+            k.submit(TaskSpec::for_role("w", json!(i)))
+                .await
+                .expect("s"),
+        );
     }
     // 4 agents x 2 slots: all 8 run at once, none waits.
     let h = k.health();
@@ -166,11 +236,18 @@ async fn round_robin_pushes_in_turn() {
     k.declare_role("w", rc).expect("declare");
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(k.spawn_agent(AgentSpec::new("w", echo().shared())).await.expect("spawn").get());
+        ids.push(
+            k.spawn_agent(AgentSpec::new("w", echo().shared()))
+                .await
+                .expect("spawn")
+                .get(),
+        );
     }
     let mut got = Vec::new();
     for i in 0..9 {
-        got.push(agent_of(&k.run(TaskSpec::for_role("w", json!(i))).await.expect("run")));
+        got.push(agent_of(
+            &k.run(TaskSpec::for_role("w", json!(i))).await.expect("run"),
+        ));
     }
     let expected: Vec<u64> = (0..9).map(|i| ids[i % 3]).collect();
     assert_eq!(got, expected);
@@ -183,17 +260,25 @@ async fn affinity_keeps_a_key_on_one_agent() {
     rc.dispatch(Dispatch::Affinity);
     k.declare_role("w", rc).expect("declare");
     for _ in 0..4 {
-        k.spawn_agent(AgentSpec::new("w", echo().shared())).await.expect("spawn");
+        k.spawn_agent(AgentSpec::new("w", echo().shared()))
+            .await
+            .expect("spawn");
     }
     let mut by_key: HashMap<String, std::collections::HashSet<u64>> = HashMap::new();
     for i in 0..40 {
         let key = format!("user-{}", i % 5);
-        let r = k.run(TaskSpec::for_role("w", json!(i)).with_affinity(&key)).await.expect("run");
+        let r = k
+            .run(TaskSpec::for_role("w", json!(i)).with_affinity(&key))
+            .await
+            .expect("run");
         by_key.entry(key).or_default().insert(agent_of(&r));
     }
     assert!(by_key.values().all(|s| s.len() == 1), "{by_key:?}");
     let distinct: std::collections::HashSet<_> = by_key.values().flatten().collect();
-    assert!(distinct.len() >= 2, "five keys should not all land on one agent: {by_key:?}");
+    assert!(
+        distinct.len() >= 2,
+        "five keys should not all land on one agent: {by_key:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,14 +289,31 @@ async fn least_loaded_avoids_the_busy_agent() {
     k.declare_role("w", rc).expect("declare");
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let a = k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(8)).await.expect("a");
-    let b = k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(8)).await.expect("b");
+    let a = k
+        .spawn_agent(
+            AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(8),
+        )
+        .await
+        .expect("a");
+    let b = k
+        .spawn_agent(
+            AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared()).with_capacity(8),
+        )
+        .await
+        .expect("b");
     let mut hs = Vec::new();
     for i in 0..10 {
-        hs.push(k.submit(TaskSpec::for_role("w", json!(i))).await.expect("s"));
+        hs.push(
+            k.submit(TaskSpec::for_role("w", json!(i)))
+                .await
+                .expect("s"),
+        );
     }
     // With two agents, power of two choices is exact: loads stay within one of each other.
-    let (la, lb) = (k.agent(a).expect("a").in_flight, k.agent(b).expect("b").in_flight);
+    let (la, lb) = (
+        k.agent(a).expect("a").in_flight,
+        k.agent(b).expect("b").in_flight,
+    );
     assert!(la.abs_diff(lb) <= 1, "{la} vs {lb}");
     gate.add_permits(100);
     for h in hs {
@@ -222,23 +324,40 @@ async fn least_loaded_avoids_the_busy_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capability_and_agent_targets() {
     let k = kernel().await;
-    let plain = k.spawn_agent(AgentSpec::new("w", echo().shared())).await.expect("plain");
-    let gpu = k.spawn_agent(AgentSpec::new("w", echo().shared()).with_capability("gpu")).await.expect("gpu");
+    let plain = k
+        .spawn_agent(AgentSpec::new("w", echo().shared()))
+        .await
+        .expect("plain");
+    let gpu = k
+        .spawn_agent(AgentSpec::new("w", echo().shared()).with_capability("gpu"))
+        .await
+        .expect("gpu");
     assert_eq!(k.agents_with_capability("gpu"), vec![gpu]);
     assert_eq!(k.agents_with_role("w").len(), 2);
     for i in 0..5 {
-        let r = k.run(TaskSpec::new(Target::capability("gpu"), json!(i))).await.expect("run");
+        let r = k
+            .run(TaskSpec::new(Target::capability("gpu"), json!(i)))
+            .await
+            .expect("run");
         assert_eq!(agent_of(&r), gpu.get());
-        let r = k.run(TaskSpec::new(Target::Agent(plain), json!(i))).await.expect("run");
+        let r = k
+            .run(TaskSpec::new(Target::Agent(plain), json!(i)))
+            .await
+            .expect("run");
         assert_eq!(agent_of(&r), plain.get());
     }
     assert!(matches!(
-        k.submit(TaskSpec::new(Target::capability("tpu"), json!(0))).await,
+        k.submit(TaskSpec::new(Target::capability("tpu"), json!(0)))
+            .await,
         Err(SubmitError::NoSuchCapability(_))
     ));
-    assert!(matches!(k.submit(TaskSpec::for_role("nobody", json!(0))).await, Err(SubmitError::NoSuchRole(_))));
     assert!(matches!(
-        k.submit(TaskSpec::new(Target::Agent(AgentId(999)), json!(0))).await,
+        k.submit(TaskSpec::for_role("nobody", json!(0))).await,
+        Err(SubmitError::NoSuchRole(_))
+    ));
+    assert!(matches!(
+        k.submit(TaskSpec::new(Target::Agent(AgentId(999)), json!(0)))
+            .await,
         Err(SubmitError::NoSuchAgent(_))
     ));
 }
@@ -256,9 +375,17 @@ async fn cancel_queued_and_running_tasks() {
             Ok(json!("never"))
         }
     });
-    k.spawn_agent(AgentSpec::new("w", slow.shared())).await.expect("spawn");
-    let running = k.submit(TaskSpec::for_role("w", json!(1))).await.expect("s");
-    let queued = k.submit(TaskSpec::for_role("w", json!(2))).await.expect("s");
+    k.spawn_agent(AgentSpec::new("w", slow.shared()))
+        .await
+        .expect("spawn");
+    let running = k
+        .submit(TaskSpec::for_role("w", json!(1)))
+        .await
+        .expect("s");
+    let queued = k
+        .submit(TaskSpec::for_role("w", json!(2)))
+        .await
+        .expect("s");
     let _ = started.acquire().await.expect("started");
     assert!(k.cancel(queued.id()));
     assert!(k.cancel(running.id()));
@@ -270,7 +397,11 @@ async fn cancel_queued_and_running_tasks() {
     assert!(r2.attempts.is_empty(), "a queued task never ran");
     assert!(!k.cancel(r1.id), "an ended task cannot be cancelled twice");
     let h = k.health();
-    assert!(idle(&k, "w").await, "no slot leaked: {:?}", k.health().roles["w"]);
+    assert!(
+        idle(&k, "w").await,
+        "no slot leaked: {:?}",
+        k.health().roles["w"]
+    );
     assert_eq!(h.roles["w"].cancelled, 2);
 }
 
@@ -279,16 +410,33 @@ async fn deadline_ends_a_task_that_waits_in_the_queue() {
     let k = kernel().await;
     let gate = Arc::new(Semaphore::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    k.spawn_agent(AgentSpec::new("w", gated(gate.clone(), seen.clone()).shared())).await.expect("spawn");
-    let blocker = k.submit(TaskSpec::for_role("w", json!("blocker"))).await.expect("s");
+    k.spawn_agent(AgentSpec::new(
+        "w",
+        gated(gate.clone(), seen.clone()).shared(),
+    ))
+    .await
+    .expect("spawn");
+    let blocker = k
+        .submit(TaskSpec::for_role("w", json!("blocker")))
+        .await
+        .expect("s");
     let dl = Timestamp(Timestamp::now().micros() + 150_000);
-    let late = k.submit(TaskSpec::for_role("w", json!("late")).with_deadline(dl)).await.expect("s");
-    let r = tokio::time::timeout(Duration::from_secs(5), late).await.expect("deadline fires");
+    let late = k
+        .submit(TaskSpec::for_role("w", json!("late")).with_deadline(dl))
+        .await
+        .expect("s");
+    let r = tokio::time::timeout(Duration::from_secs(5), late)
+        .await
+        .expect("deadline fires");
     assert_eq!(r.status(), Status::TimedOut);
     assert!(r.attempts.is_empty());
     gate.add_permits(10);
     assert_eq!(blocker.await.status(), Status::Succeeded);
-    assert_eq!(*seen.lock(), vec![json!("blocker")], "the expired task never ran");
+    assert_eq!(
+        *seen.lock(),
+        vec![json!("blocker")],
+        "the expired task never ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +446,9 @@ async fn timeout_retries_then_gives_up() {
         t.cancel.cancelled().await;
         Ok(json!("late"))
     });
-    k.spawn_agent(AgentSpec::new("w", never.shared())).await.expect("spawn");
+    k.spawn_agent(AgentSpec::new("w", never.shared()))
+        .await
+        .expect("spawn");
     let r = k
         .run(
             TaskSpec::for_role("w", json!(0))
@@ -309,7 +459,10 @@ async fn timeout_retries_then_gives_up() {
         .expect("run");
     assert_eq!(r.status(), Status::TimedOut);
     assert_eq!(r.attempts.len(), 3);
-    assert!(r.attempts.iter().all(|a| a.status == AttemptStatus::TimedOut));
+    assert!(r
+        .attempts
+        .iter()
+        .all(|a| a.status == AttemptStatus::TimedOut));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +474,9 @@ async fn permanent_errors_are_not_retried() {
         c2.fetch_add(1, Ordering::SeqCst);
         async { Err(hive_kernel::TaskError::permanent("bad input")) }
     });
-    k.spawn_agent(AgentSpec::new("w", d.shared())).await.expect("spawn");
+    k.spawn_agent(AgentSpec::new("w", d.shared()))
+        .await
+        .expect("spawn");
     let r = k
         .run(TaskSpec::for_role("w", json!(0)).with_retry(RetryPolicy::fixed(5, Duration::ZERO)))
         .await
@@ -345,7 +500,9 @@ async fn cascading_batch_cancels_the_rest_isolated_does_not() {
         }
     });
     for _ in 0..2 {
-        k.spawn_agent(AgentSpec::new("w", d.clone().shared())).await.expect("spawn");
+        k.spawn_agent(AgentSpec::new("w", d.clone().shared()))
+            .await
+            .expect("spawn");
     }
     let specs = || {
         vec![
@@ -355,12 +512,38 @@ async fn cascading_batch_cancels_the_rest_isolated_does_not() {
             TaskSpec::for_role("w", json!("slow")),
         ]
     };
-    let r = k.run_batch(specs(), BatchOptions::new(2).cancellation(Cancellation::Cascading)).await;
+    let r = k
+        .run_batch(
+            specs(),
+            BatchOptions::new(2).cancellation(Cancellation::Cascading),
+        )
+        .await;
     let st: Vec<Status> = r.results.iter().map(|t| t.status()).collect();
-    assert_eq!(st, vec![Status::Cancelled, Status::Failed, Status::Cancelled, Status::Cancelled]);
-    let r = k.run_batch(specs(), BatchOptions::new(2).cancellation(Cancellation::Isolated)).await;
+    assert_eq!(
+        st,
+        vec![
+            Status::Cancelled,
+            Status::Failed,
+            Status::Cancelled,
+            Status::Cancelled
+        ]
+    );
+    let r = k
+        .run_batch(
+            specs(),
+            BatchOptions::new(2).cancellation(Cancellation::Isolated),
+        )
+        .await;
     let st: Vec<Status> = r.results.iter().map(|t| t.status()).collect();
-    assert_eq!(st, vec![Status::Succeeded, Status::Failed, Status::Succeeded, Status::Succeeded]);
+    assert_eq!(
+        st,
+        vec![
+            Status::Succeeded,
+            Status::Failed,
+            Status::Succeeded,
+            Status::Succeeded
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +562,9 @@ async fn batch_respects_max_concurrency() {
             Ok(Value::Null)
         }
     });
-    k.spawn_agent(AgentSpec::new("w", d.shared()).with_capacity(64)).await.expect("spawn");
+    k.spawn_agent(AgentSpec::new("w", d.shared()).with_capacity(64))
+        .await
+        .expect("spawn");
     let specs = (0..60).map(|i| TaskSpec::for_role("w", json!(i))).collect();
     let r = k.run_batch(specs, BatchOptions::new(4)).await;
     assert!(r.all_succeeded());
@@ -395,22 +580,42 @@ async fn graceful_shutdown_drains_and_now_reroutes() {
             _ = t.cancel.cancelled() => Err(hive_kernel::TaskError::new("cut")),
         }
     });
-    let a = k.spawn_agent(AgentSpec::new("w", d.clone().shared())).await.expect("a");
-    let h = k.submit(TaskSpec::for_role("w", json!(0))).await.expect("s");
+    let a = k
+        .spawn_agent(AgentSpec::new("w", d.clone().shared()))
+        .await
+        .expect("a");
+    let h = k
+        .submit(TaskSpec::for_role("w", json!(0)))
+        .await
+        .expect("s");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    k.shutdown_agent(a, ShutdownMode::Graceful).await.expect("shutdown");
+    k.shutdown_agent(a, ShutdownMode::Graceful)
+        .await
+        .expect("shutdown");
     let r = h.await;
-    assert_eq!(r.status(), Status::Succeeded, "graceful waits for in-flight work");
+    assert_eq!(
+        r.status(),
+        Status::Succeeded,
+        "graceful waits for in-flight work"
+    );
     assert_eq!(k.agent(a).expect("a").state.name(), "stopped");
 
-    let b = k.spawn_agent(AgentSpec::new("w", d.clone().shared())).await.expect("b");
+    let b = k
+        .spawn_agent(AgentSpec::new("w", d.clone().shared()))
+        .await
+        .expect("b");
     let h = k
         .submit(TaskSpec::for_role("w", json!(1)).with_retry(RetryPolicy::fixed(1, Duration::ZERO)))
         .await
         .expect("s");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let c = k.spawn_agent(AgentSpec::new("w", d.shared())).await.expect("c");
-    k.shutdown_agent(b, ShutdownMode::Now).await.expect("shutdown");
+    let c = k
+        .spawn_agent(AgentSpec::new("w", d.shared()))
+        .await
+        .expect("c");
+    k.shutdown_agent(b, ShutdownMode::Now)
+        .await
+        .expect("shutdown");
     let r = h.await;
     assert_eq!(r.status(), Status::Succeeded);
     assert_eq!(r.attempts[0].status, AttemptStatus::AgentLost);
@@ -422,15 +627,23 @@ async fn graceful_shutdown_drains_and_now_reroutes() {
 async fn every_transition_is_an_event() {
     let k = kernel().await;
     let mut ev = k.subscribe();
-    let a = k.spawn_agent(AgentSpec::new("w", echo().shared())).await.expect("spawn");
-    let r = k.run(TaskSpec::for_role("w", json!(1)).with_name("t1")).await.expect("run");
+    let a = k
+        .spawn_agent(AgentSpec::new("w", echo().shared()))
+        .await
+        .expect("spawn");
+    let r = k
+        .run(TaskSpec::for_role("w", json!(1)).with_name("t1"))
+        .await
+        .expect("run");
     k.shutdown(ShutdownMode::Graceful).await;
     let mut kinds = Vec::new();
     while let Some(e) = ev.try_recv() {
         kinds.push(match &e.event {
             Event::AgentSpawned { agent, .. } => format!("spawned {agent}"),
             Event::AgentStateChanged { to, .. } => format!("state {}", to.name()),
-            Event::TaskSubmitted { name, .. } => format!("submitted {}", name.as_deref().unwrap_or("")),
+            Event::TaskSubmitted { name, .. } => {
+                format!("submitted {}", name.as_deref().unwrap_or(""))
+            }
             Event::TaskDelegated { agent, .. } => format!("delegated {agent}"),
             Event::TaskStarted { .. } => "started".into(),
             Event::TaskCompleted { status, task, .. } => {

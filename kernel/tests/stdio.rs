@@ -34,7 +34,10 @@ fn driver(env: &[(&str, &str)]) -> StdioDriver {
 }
 
 async fn kernel_with(n: usize) -> Kernel {
-    let k = Kernel::builder().grace_period(Duration::from_millis(500)).build().expect("kernel");
+    let k = Kernel::builder()
+        .grace_period(Duration::from_millis(500))
+        .build()
+        .expect("kernel");
     for _ in 0..n {
         k.spawn_agent(AgentSpec::new("py", driver(&[]).shared()).with_capacity(2))
             .await
@@ -44,7 +47,11 @@ async fn kernel_with(n: usize) -> Kernel {
 }
 
 /// Collects events until `pred` matches one (or `within` passes).
-async fn wait_event(ev: &mut EventStream, within: Duration, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
+async fn wait_event(
+    ev: &mut EventStream,
+    within: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Option<Event> {
     let end = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(end, ev.recv()).await {
@@ -69,11 +76,25 @@ async fn idle(k: &Kernel, role: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_through_a_real_agent() {
     let k = kernel_with(1).await;
-    let r = k.run(TaskSpec::for_role("py", json!({"echo": [1, "two"]}))).await.expect("run");
-    let Outcome::Succeeded(v) = &r.outcome else { panic!("{r:?}") };
+    let r = k
+        .run(TaskSpec::for_role("py", json!({"echo": [1, "two"]})))
+        .await
+        .expect("run");
+    let Outcome::Succeeded(v) = &r.outcome else {
+        panic!("{r:?}")
+    };
     assert_eq!(v["echo"], json!([1, "two"]));
-    let r = k.run(TaskSpec::for_role("py", json!({"fail": "nope", "retryable": false}))).await.expect("run");
-    assert!(matches!(&r.outcome, Outcome::Failed(e) if e.message == "nope" && !e.retryable), "{r:?}");
+    let r = k
+        .run(TaskSpec::for_role(
+            "py",
+            json!({"fail": "nope", "retryable": false}),
+        ))
+        .await
+        .expect("run");
+    assert!(
+        matches!(&r.outcome, Outcome::Failed(e) if e.message == "nope" && !e.retryable),
+        "{r:?}"
+    );
     k.shutdown(hive_kernel::ShutdownMode::Graceful).await;
 }
 
@@ -85,22 +106,44 @@ async fn silent_agent_loses_its_lease_and_the_task_completes_elsewhere() {
     let t0 = Instant::now();
     let r = k
         .run(
-            TaskSpec::for_role("py", json!({"hang_once": dir.join("hung"), "echo": "after"}))
-                .with_retry(RetryPolicy::fixed(2, Duration::ZERO)),
+            TaskSpec::for_role(
+                "py",
+                json!({"hang_once": dir.join("hung"), "echo": "after"}),
+            )
+            .with_retry(RetryPolicy::fixed(2, Duration::ZERO)),
         )
         .await
         .expect("run");
     assert_eq!(r.status(), Status::Succeeded, "{r:?}");
     assert_eq!(r.attempts.len(), 2);
     assert_eq!(r.attempts[0].status, AttemptStatus::AgentLost);
-    assert!(r.attempts[0].error.as_deref().is_some_and(|e| e.contains("lease expired")), "{:?}", r.attempts[0].error);
-    assert_ne!(r.attempts[0].agent, r.attempts[1].agent, "retried on the other agent");
+    assert!(
+        r.attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired")),
+        "{:?}",
+        r.attempts[0].error
+    );
+    assert_ne!(
+        r.attempts[0].agent, r.attempts[1].agent,
+        "retried on the other agent"
+    );
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let failed = wait_event(&mut ev, Duration::from_secs(1), |e| matches!(e, Event::AgentFailed { .. })).await;
-    assert!(matches!(failed, Some(Event::AgentFailed { agent, .. }) if agent == r.attempts[0].agent));
+    let failed = wait_event(&mut ev, Duration::from_secs(1), |e| {
+        matches!(e, Event::AgentFailed { .. })
+    })
+    .await;
+    assert!(
+        matches!(failed, Some(Event::AgentFailed { agent, .. }) if agent == r.attempts[0].agent)
+    );
     let h = k.health();
     assert_eq!(h.agents.failed, 1);
-    assert!(idle(&k, "py").await, "no slot leaked: {:?}", k.health().roles["py"]);
+    assert!(
+        idle(&k, "py").await,
+        "no slot leaked: {:?}",
+        k.health().roles["py"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,18 +160,34 @@ async fn agent_killed_mid_task_fails_over() {
         .expect("submit");
     let end = Instant::now() + Duration::from_secs(10);
     let pid: i32 = loop {
-        if let Some(line) = std::fs::read_to_string(&marker).ok().and_then(|s| s.lines().next().map(String::from)) {
-            break line.split_whitespace().nth(3).and_then(|p| p.parse().ok()).expect("pid in marker");
+        if let Some(line) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.lines().next().map(String::from))
+        {
+            break line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|p| p.parse().ok())
+                .expect("pid in marker");
         }
         assert!(Instant::now() < end, "task never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     // SAFETY: killing the agent process the test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let r = tokio::time::timeout(Duration::from_secs(10), h).await.expect("task ends");
+    let r = tokio::time::timeout(Duration::from_secs(10), h)
+        .await
+        .expect("task ends");
     assert_eq!(r.status(), Status::Succeeded, "{r:?}");
     assert_eq!(r.attempts[0].status, AttemptStatus::AgentLost);
-    assert!(r.attempts[0].error.as_deref().is_some_and(|e| e.contains("exited")), "{:?}", r.attempts[0].error);
+    assert!(
+        r.attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("exited")),
+        "{:?}",
+        r.attempts[0].error
+    );
     assert_ne!(r.attempts[0].agent, r.attempts[1].agent);
     let lines = std::fs::read_to_string(&marker).expect("marker");
     assert_eq!(lines.lines().count(), 2, "started twice: {lines}");
@@ -138,13 +197,28 @@ async fn agent_killed_mid_task_fails_over() {
 async fn malformed_lines_are_logged_and_ignored() {
     let k = kernel_with(1).await;
     let mut ev = k.subscribe();
-    let r = k.run(TaskSpec::for_role("py", json!({"garbage": true}))).await.expect("run");
-    let Outcome::Succeeded(v) = &r.outcome else { panic!("{r:?}") };
+    let r = k
+        .run(TaskSpec::for_role("py", json!({"garbage": true})))
+        .await
+        .expect("run");
+    let Outcome::Succeeded(v) = &r.outcome else {
+        panic!("{r:?}")
+    };
     assert_eq!(v["after_garbage"], json!(true));
     let agent = r.attempts[0].agent;
     let mut logs = Vec::new();
-    while let Some(e) = wait_event(&mut ev, Duration::from_millis(300), |e| matches!(e, Event::AgentLog { .. })).await {
-        if let Event::AgentLog { agent: a, level, message, .. } = e {
+    while let Some(e) = wait_event(&mut ev, Duration::from_millis(300), |e| {
+        matches!(e, Event::AgentLog { .. })
+    })
+    .await
+    {
+        if let Event::AgentLog {
+            agent: a,
+            level,
+            message,
+            ..
+        } = e
+        {
             assert_eq!(a, agent);
             if level == LogLevel::Warn {
                 logs.push(message);
@@ -153,12 +227,21 @@ async fn malformed_lines_are_logged_and_ignored() {
     }
     for needle in ["not json at all", "{\"type\":\"result\"", "[1,2,3]"] {
         assert!(
-            logs.iter().any(|m| m.contains("malformed line") && m.contains(&agent.to_string()) && m.contains(needle)),
+            logs.iter().any(|m| m.contains("malformed line")
+                && m.contains(&agent.to_string())
+                && m.contains(needle)),
             "no log of `{needle}` in {logs:?}"
         );
     }
-    assert_eq!(k.agent(agent).expect("agent").state.name(), "ready", "the agent survives");
-    let r = k.run(TaskSpec::for_role("py", json!({"echo": 1}))).await.expect("run");
+    assert_eq!(
+        k.agent(agent).expect("agent").state.name(),
+        "ready",
+        "the agent survives"
+    );
+    let r = k
+        .run(TaskSpec::for_role("py", json!({"echo": 1})))
+        .await
+        .expect("run");
     assert_eq!(r.status(), Status::Succeeded);
 }
 
@@ -167,14 +250,23 @@ async fn an_agent_that_never_says_ready_does_not_start() {
     let k = Kernel::builder().build().expect("kernel");
     let t0 = Instant::now();
     let e = k
-        .spawn_agent(AgentSpec::new("py", driver(&[("TEST_AGENT_NO_READY", "1")]).shared()))
+        .spawn_agent(AgentSpec::new(
+            "py",
+            driver(&[("TEST_AGENT_NO_READY", "1")]).shared(),
+        ))
         .await
         .expect_err("no ready");
-    assert!(matches!(&e, SpawnError::Start { reason, .. } if reason.contains("no `ready`")), "{e}");
+    assert!(
+        matches!(&e, SpawnError::Start { reason, .. } if reason.contains("no `ready`")),
+        "{e}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(5));
     let mut c = StdioConfig::new("/no/such/agent");
     c.liveness(Duration::from_millis(100), Duration::from_millis(500));
-    let e = k.spawn_agent(AgentSpec::new("py", StdioDriver::new(c).shared())).await.expect_err("no program");
+    let e = k
+        .spawn_agent(AgentSpec::new("py", StdioDriver::new(c).shared()))
+        .await
+        .expect_err("no program");
     assert!(e.to_string().contains("/no/such/agent"), "{e}");
     assert_eq!(k.health().agents.failed, 2);
 }
@@ -184,14 +276,25 @@ async fn stderr_lines_become_logs_and_graceful_stop_is_clean() {
     let k = Kernel::builder().build().expect("kernel");
     let mut ev = k.subscribe();
     let a = k
-        .spawn_agent(AgentSpec::new("py", driver(&[("TEST_AGENT_STDERR", "1")]).shared()))
+        .spawn_agent(AgentSpec::new(
+            "py",
+            driver(&[("TEST_AGENT_STDERR", "1")]).shared(),
+        ))
         .await
         .expect("spawn");
     let log = wait_event(&mut ev, Duration::from_secs(5), |e| {
         matches!(e, Event::AgentLog { message, .. } if message.contains("test agent stderr line"))
     })
     .await;
-    assert!(matches!(log, Some(Event::AgentLog { agent, level: LogLevel::Warn, .. }) if agent == a));
-    k.shutdown_agent(a, hive_kernel::ShutdownMode::Graceful).await.expect("stop");
-    assert_eq!(k.agent(a).expect("agent").state.name(), "stopped", "a clean exit is not a failure");
+    assert!(
+        matches!(log, Some(Event::AgentLog { agent, level: LogLevel::Warn, .. }) if agent == a)
+    );
+    k.shutdown_agent(a, hive_kernel::ShutdownMode::Graceful)
+        .await
+        .expect("stop");
+    assert_eq!(
+        k.agent(a).expect("agent").state.name(),
+        "stopped",
+        "a clean exit is not a failure"
+    );
 }

@@ -138,42 +138,33 @@ impl Bench {
         c
     }
 
-    /// Print `$ cmd`, run it streaming its output into the report; Err if it fails.
-    fn stream(&mut self, cmd: &mut Command) -> Result<String> {
+    /// Print `$ cmd`, run it streaming its output into the report; Err if it
+    /// fails or outlives `timeout`.
+    fn stream(&mut self, cmd: &mut Command, timeout: Option<Duration>) -> Result<String> {
         let shown = cmd::display(cmd);
         self.line(format!("$ {}", cmd::display_in(cmd)));
-        let (status, text) = cmd::run_streaming(cmd)?;
-        self.report.push_str(&text);
-        if !status.success() {
-            bail!("`{shown}` exited with {status}");
+        let r = cmd::run_piped(cmd, true, timeout)?;
+        self.report.push_str(&r.all);
+        if !r.status.success() {
+            bail!("`{shown}` exited with {}", r.status);
         }
-        Ok(text)
+        Ok(r.all)
     }
 
-    /// Print `$ cmd`, run it capturing stdout (returned) and stderr (printed
-    /// into the report); Err if it fails.
-    fn capture(&mut self, cmd: &mut Command) -> Result<String> {
+    /// Print `$ cmd`, run it quietly and return its stdout; on failure the tail
+    /// of its output goes into the report. Err if it fails or outlives `timeout`.
+    fn capture(&mut self, cmd: &mut Command, timeout: Duration) -> Result<String> {
         let shown = cmd::display(cmd);
         self.line(format!("$ {}", cmd::display_in(cmd)));
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("could not start `{shown}`"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            for l in stderr
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
+        let r = cmd::run_piped(cmd, false, Some(timeout))?;
+        if !r.status.success() {
+            let lines: Vec<&str> = r.all.lines().collect();
+            for l in &lines[lines.len().saturating_sub(20)..] {
                 self.line(format!("  {l}"));
             }
-            bail!("`{shown}` exited with {}", out.status);
+            bail!("`{shown}` exited with {}", r.status);
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(r.stdout)
     }
 
     /// Skip reason if the release build did not produce `bin`.
@@ -215,14 +206,14 @@ impl Bench {
         update
             .arg("update")
             .env("DEBIAN_FRONTEND", "noninteractive");
-        if let Err(e) = self.stream(&mut update) {
+        if let Err(e) = self.stream(&mut update, None) {
             return Err(format!("apt-get update failed: {e:#}"));
         }
         let mut install = Command::new("apt-get");
         install
             .args(["install", "-y", "hyperfine"])
             .env("DEBIAN_FRONTEND", "noninteractive");
-        if let Err(e) = self.stream(&mut install) {
+        if let Err(e) = self.stream(&mut install, None) {
             return Err(format!("apt-get install hyperfine failed: {e:#}"));
         }
         if cmd::have("hyperfine") {
@@ -264,7 +255,7 @@ impl Bench {
             "--bins",
             "--examples",
         ]);
-        self.stream(&mut c)?;
+        self.stream(&mut c, None)?;
         self.build_ok = true;
         Ok(Outcome::Done)
     }
@@ -284,7 +275,7 @@ impl Bench {
         if self.quick {
             c.arg("--quick");
         }
-        self.stream(&mut c)?;
+        self.stream(&mut c, None)?;
         Ok(Outcome::Done)
     }
 
@@ -295,7 +286,7 @@ impl Bench {
             return Ok(skip);
         }
         let mut c = self.command(&bin);
-        self.stream(&mut c)?;
+        self.stream(&mut c, Some(Duration::from_secs(600)))?;
         Ok(Outcome::Done)
     }
 
@@ -314,7 +305,7 @@ impl Bench {
         }
         let mut c = Command::new("python3");
         c.current_dir(&dir).args(["asyncio_ref.py", "a", "c", "d"]);
-        self.stream(&mut c)?;
+        self.stream(&mut c, None)?;
         Ok(Outcome::Done)
     }
 
@@ -331,7 +322,7 @@ impl Bench {
         if self.quick {
             c.env("QUICK", "1");
         }
-        self.stream(&mut c)?;
+        self.stream(&mut c, None)?;
         Ok(Outcome::Done)
     }
 
@@ -360,7 +351,7 @@ impl Bench {
             .arg("--tasks")
             .arg(format!("@{}", sleep.display()))
             .args(["--max-concurrency", "8", "--json"]);
-        let out = self.capture(&mut c)?;
+        let out = self.capture(&mut c, Duration::from_secs(120))?;
         let speedup = speedup_vs_serial(&out)?;
         self.line(format!(
             "hive.c.sleep64.c8.speedup_vs_serial: {speedup:.2} x   (ideal 8.00 x)"
@@ -398,7 +389,7 @@ impl Bench {
         .arg(&json_out)
         .args(["--command-name", "hive", &hive_cmd])
         .args(["--command-name", "xargs", xargs_cmd]);
-        self.stream(&mut c)?;
+        self.stream(&mut c, Some(Duration::from_secs(900)))?;
 
         let path = self.root.join(&json_out);
         let text =

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -61,10 +62,21 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Run `cmd` with stdout and stderr piped: each line is echoed live (stdout to
-/// stdout, stderr to stderr) and also collected, both streams interleaved in
-/// arrival order. The caller prints the command line.
-pub fn run_streaming(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+/// What a piped run produced.
+#[derive(Debug)]
+pub struct Piped {
+    pub status: ExitStatus,
+    /// Stdout alone.
+    pub stdout: String,
+    /// Stdout and stderr interleaved in arrival order.
+    pub all: String,
+}
+
+/// Run `cmd` with stdout and stderr piped and collected; with `echo`, each line
+/// is also echoed live (stdout to stdout, stderr to stderr). With a `timeout`,
+/// the child is killed when it runs longer and an error is returned. The
+/// caller prints the command line.
+pub fn run_piped(cmd: &mut Command, echo: bool, timeout: Option<Duration>) -> Result<Piped> {
     let shown = display(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -72,31 +84,56 @@ pub fn run_streaming(cmd: &mut Command) -> Result<(ExitStatus, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{shown}`"))?;
-    let collected = Arc::new(Mutex::new(String::new()));
+    let all = Arc::new(Mutex::new(String::new()));
+    let stdout = Arc::new(Mutex::new(String::new()));
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
-        let sink = Arc::clone(&collected);
-        pumps.push(thread::spawn(move || pump(out, &sink, false)));
+        let sinks = [Arc::clone(&all), Arc::clone(&stdout)];
+        pumps.push(thread::spawn(move || pump(out, &sinks, echo, false)));
     }
     if let Some(err) = child.stderr.take() {
-        let sink = Arc::clone(&collected);
-        pumps.push(thread::spawn(move || pump(err, &sink, true)));
+        let sinks = [Arc::clone(&all)];
+        pumps.push(thread::spawn(move || pump(err, &sinks, echo, true)));
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let status = match timeout {
+        None => child
+            .wait()
+            .with_context(|| format!("waiting for `{shown}`"))?,
+        Some(limit) => {
+            let start = Instant::now();
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+                if start.elapsed() >= limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // The pumps are left detached: a grandchild may still hold the pipes.
+                    bail!(
+                        "`{shown}` still running after {} s; killed",
+                        limit.as_secs()
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     for p in pumps {
-        // A panicking pump only loses echoed output; the status still counts.
+        // A panicking pump only loses output; the status still counts.
         let _ = p.join();
     }
-    let text = collected
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
-    Ok((status, text))
+    let take = |m: &Mutex<String>| {
+        m.lock()
+            .map_or_else(|e| e.into_inner().clone(), |s| s.clone())
+    };
+    Ok(Piped {
+        status,
+        stdout: take(&stdout),
+        all: take(&all),
+    })
 }
 
-fn pump(stream: impl Read, sink: &Mutex<String>, is_stderr: bool) {
+fn pump(stream: impl Read, sinks: &[Arc<Mutex<String>>], echo: bool, is_stderr: bool) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -107,15 +144,17 @@ fn pump(stream: impl Read, sink: &Mutex<String>, is_stderr: bool) {
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
-        if is_stderr {
+        if echo && is_stderr {
             eprintln!("{line}");
-        } else {
+        } else if echo {
             println!("{line}");
             let _ = std::io::stdout().flush();
         }
-        let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
-        guard.push_str(line);
-        guard.push('\n');
+        for sink in sinks {
+            let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
+            guard.push_str(line);
+            guard.push('\n');
+        }
     }
 }
 
@@ -158,13 +197,25 @@ mod tests {
     }
 
     #[test]
-    fn streaming_collects_both_streams() -> Result<()> {
+    fn piped_collects_both_streams() -> Result<()> {
         let mut c = Command::new("sh");
         c.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let (status, text) = run_streaming(&mut c)?;
-        assert_eq!(status.code(), Some(3));
-        assert!(text.contains("out\n"), "{text:?}");
-        assert!(text.contains("err\n"), "{text:?}");
+        let r = run_piped(&mut c, false, Some(Duration::from_secs(30)))?;
+        assert_eq!(r.status.code(), Some(3));
+        assert_eq!(r.stdout, "out\n");
+        assert!(r.all.contains("out\n"), "{:?}", r.all);
+        assert!(r.all.contains("err\n"), "{:?}", r.all);
         Ok(())
+    }
+
+    #[test]
+    fn piped_times_out() {
+        let start = Instant::now();
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        let r = run_piped(&mut c, false, Some(Duration::from_millis(200)));
+        let err = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("killed"), "{err:?}");
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 }

@@ -164,8 +164,11 @@ fn shell(line: &str) -> (String, Vec<String>) {
 /// (a program, or a shell line when it holds whitespace and no `args` are given, or when
 /// `shell` is true), `args`, `env` and `cwd`.
 pub(crate) fn command_for(cfg: &ProcessConfig, payload: &Value) -> Result<CommandLine, TaskError> {
-    let mut env: Vec<(String, String)> =
-        cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let (program, args, cwd) = match payload {
         Value::String(line) if cfg.program.is_none() => {
             let (p, a) = shell(line);
@@ -390,7 +393,10 @@ mod tests {
     fn payload_forms_resolve_to_commands() {
         let cfg = ProcessConfig::default();
         let c = command_for(&cfg, &json!({"command": "echo", "args": ["a", 1]})).expect("ok");
-        assert_eq!((c.program.as_str(), c.args.clone()), ("echo", vec!["a".to_string(), "1".into()]));
+        assert_eq!(
+            (c.program.as_str(), c.args.clone()),
+            ("echo", vec!["a".to_string(), "1".into()])
+        );
         let c = command_for(&cfg, &json!({"command": "sleep 1 && true"})).expect("ok");
         assert_eq!(c.program, "/bin/sh");
         assert_eq!(c.args, vec!["-c", "sleep 1 && true"]);

@@ -26,7 +26,9 @@ fn reaper() -> Option<&'static Reaper> {
         .get_or_init(|| match Reaper::start() {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::error!("cannot start the orphan guard: {e}; commands may outlive hive if it is killed");
+                tracing::error!(
+                    "cannot start the orphan guard: {e}; commands may outlive hive if it is killed"
+                );
                 None
             }
         })
@@ -160,7 +162,13 @@ unsafe fn guard_main(rd: RawFd, wr: RawFd, bits: &mut [u64]) -> ! {
             }
             fd = fd.wrapping_add(1);
         }
-        libc::prctl(libc::PR_SET_NAME, c"hive-reaper".as_ptr() as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"hive-reaper".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
 
         let mut buf = [0u8; 4096];
         let mut sign = 0u8;

@@ -170,11 +170,7 @@ impl Shared {
         self.link.log(
             LogLevel::Warn,
             None,
-            format!(
-                "malformed line from {} ({why}): {}",
-                self.agent,
-                clip(raw)
-            ),
+            format!("malformed line from {} ({why}): {}", self.agent, clip(raw)),
         );
     }
 
@@ -219,7 +215,10 @@ impl Shared {
                         };
                         Err(TaskError {
                             message,
-                            retryable: obj.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+                            retryable: obj
+                                .get("retryable")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(true),
                             exit_code: None,
                             detail: obj.get("detail").cloned(),
                         })
@@ -234,7 +233,10 @@ impl Shared {
                     None => self.link.log(
                         LogLevel::Warn,
                         Some(TaskId(id)),
-                        format!("{} sent a result for task-{id}, which it is not running (ignored)", self.agent),
+                        format!(
+                            "{} sent a result for task-{id}, which it is not running (ignored)",
+                            self.agent
+                        ),
                     ),
                 }
             }
@@ -259,7 +261,8 @@ impl Shared {
                     obj.get("name").and_then(Value::as_str),
                     obj.get("value").and_then(Value::as_f64),
                 ) else {
-                    return self.malformed(raw, "metric needs a string `name` and a number `value`");
+                    return self
+                        .malformed(raw, "metric needs a string `name` and a number `value`");
                 };
                 self.link.renew_lease();
                 self.link.metric(name, value, task.map(TaskId));
@@ -269,7 +272,10 @@ impl Shared {
                 self.link.log(
                     LogLevel::Debug,
                     None,
-                    format!("{} sent a message of unknown type `{other}` (ignored)", self.agent),
+                    format!(
+                        "{} sent a message of unknown type `{other}` (ignored)",
+                        self.agent
+                    ),
                 );
             }
         }
@@ -287,7 +293,11 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Opt
             Err(_) => return None,
         };
         if chunk.is_empty() {
-            return if buf.is_empty() && !overflow { None } else { Some(()) };
+            return if buf.is_empty() && !overflow {
+                None
+            } else {
+                Some(())
+            };
         }
         let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
@@ -457,7 +467,10 @@ impl Driver for StdioDriver {
                 Err(DriverError::new(if tail.is_empty() {
                     format!("stdio agent `{}` did not start: {why}", cfg.program)
                 } else {
-                    format!("stdio agent `{}` did not start: {why}; its stderr: {tail}", cfg.program)
+                    format!(
+                        "stdio agent `{}` did not start: {why}; its stderr: {tail}",
+                        cfg.program
+                    )
                 }))
             }
         }
@@ -478,7 +491,9 @@ impl StdioAgent {
 
     async fn wait_exit(&self, within: Duration) -> bool {
         let mut ex = self.exited.clone();
-        let done = tokio::time::timeout(within, async { ex.wait_for(|e| e.is_some()).await.is_ok() }).await;
+        let done =
+            tokio::time::timeout(within, async { ex.wait_for(|e| e.is_some()).await.is_ok() })
+                .await;
         done.unwrap_or(false)
     }
 }

@@ -46,7 +46,9 @@ async fn start_pools(config: &Config) -> Result<(Kernel, Vec<String>), Exit> {
     for p in &pools {
         kernel.declare_role(&*p.role, p.role_config)?;
     }
-    let spawns = pools.iter().flat_map(|p| (0..p.size).map(move |_| p.spec.clone()));
+    let spawns = pools
+        .iter()
+        .flat_map(|p| (0..p.size).map(move |_| p.spec.clone()));
     let mut set = tokio::task::JoinSet::new();
     for spec in spawns {
         let k = kernel.clone();
@@ -88,7 +90,10 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
             eprintln!("hive: {f}");
         }
         kernel.shutdown(ShutdownMode::Now).await;
-        return Err(Exit::failed(format!("{} agent(s) did not start", failures.len())));
+        return Err(Exit::failed(format!(
+            "{} agent(s) did not start",
+            failures.len()
+        )));
     }
     let server = serve_control(kernel.clone(), sock.clone())
         .await
@@ -139,24 +144,42 @@ pub(crate) async fn health(args: HealthArgs) -> Result<u8, Exit> {
     let state = crate::state_dir(args.state_dir, Some(&config));
     let sock = socket_path(&state, &args.config);
     let (report, source, failures) = match request_health(&sock).await {
-        Ok(Some(r)) => (r, format!("hive agents serving {}", args.config.display()), Vec::new()),
+        Ok(Some(r)) => (
+            r,
+            format!("hive agents serving {}", args.config.display()),
+            Vec::new(),
+        ),
         Ok(None) | Err(_) => {
             let (kernel, failures) = start_pools(&config).await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
             let r = kernel.health();
             kernel.shutdown(ShutdownMode::Now).await;
-            (r, format!("readiness check of {} (no `hive agents` serving it)", args.config.display()), failures)
+            (
+                r,
+                format!(
+                    "readiness check of {} (no `hive agents` serving it)",
+                    args.config.display()
+                ),
+                failures,
+            )
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_report(&report, &source, &args.config);
     }
     for f in &failures {
         eprintln!("hive: {f}");
     }
-    Ok(if report.status == "ok" && failures.is_empty() { 0 } else { 1 })
+    Ok(if report.status == "ok" && failures.is_empty() {
+        0
+    } else {
+        1
+    })
 }
 
 fn print_report(r: &HealthReport, source: &str, _config: &Path) {

@@ -56,7 +56,11 @@ pub(crate) async fn follow(mut events: EventStream, total: usize, mode: Mode) {
     while done < total {
         let Some(ev) = events.recv().await else { break };
         match &ev.event {
-            Event::TaskSubmitted { task, name: Some(n), .. } => {
+            Event::TaskSubmitted {
+                task,
+                name: Some(n),
+                ..
+            } => {
                 names.insert(*task, n.clone());
             }
             Event::TaskStarted { .. } => running += 1,

@@ -109,7 +109,9 @@ fn positive_secs(what: &str, v: f64) -> Result<Duration, Exit> {
     if v.is_finite() && v > 0.0 {
         Duration::try_from_secs_f64(v).map_err(|e| Exit::bad_input(format!("{what}: {e}")))
     } else {
-        Err(Exit::bad_input(format!("{what}: expected a positive number of seconds, found {v}")))
+        Err(Exit::bad_input(format!(
+            "{what}: expected a positive number of seconds, found {v}"
+        )))
     }
 }
 
@@ -148,7 +150,9 @@ fn parse_tasks(args: &RunArgs) -> Result<Vec<(String, TaskLine)>, Exit> {
             positive_secs(&format!("{at}: `timeout_s`"), s)?;
         }
         if t.cost.is_some_and(|c| !c.is_finite() || c < 0.0) {
-            return Err(Exit::bad_input(format!("{at}: `cost` must be a non-negative number")));
+            return Err(Exit::bad_input(format!(
+                "{at}: `cost` must be a non-negative number"
+            )));
         }
         out.push((id, t));
     }
@@ -197,7 +201,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         None => None,
     };
     let pools = config.as_ref().map(|c| c.pools()).unwrap_or_default();
-    let wanted: HashSet<&str> = tasks.iter().filter_map(|(_, t)| t.role.as_deref()).collect();
+    let wanted: HashSet<&str> = tasks
+        .iter()
+        .filter_map(|(_, t)| t.role.as_deref())
+        .collect();
     for (id, t) in &tasks {
         if let Some(r) = &t.role {
             if r != LOCAL_ROLE && !pools.iter().any(|p| &*p.role == r) {
@@ -226,7 +233,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     };
 
     // Agents: a local process agent for plain commands, and the pools the tasks name.
-    let needs_local = tasks.iter().any(|(_, t)| t.role.as_deref().unwrap_or(LOCAL_ROLE) == LOCAL_ROLE);
+    let needs_local = tasks
+        .iter()
+        .any(|(_, t)| t.role.as_deref().unwrap_or(LOCAL_ROLE) == LOCAL_ROLE);
     if needs_local {
         let mut pc = ProcessConfig::new();
         if let Some(c) = &config {
@@ -254,18 +263,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         .iter()
         .map(|(id, t)| {
             let retries = t.retries.unwrap_or(args.retries);
-            let mut spec = TaskSpec::for_role(t.role.as_deref().unwrap_or(LOCAL_ROLE), payload_of(t))
-                .with_name(id)
-                .with_priority(t.priority.unwrap_or(0))
-                .with_retry(
-                    RetryPolicy::exponential(
-                        retries,
-                        Duration::from_secs_f64(args.retry_delay),
-                        2.0,
-                        Duration::from_secs(60),
-                    )
-                    .with_jitter(hive_kernel::Jitter::Equal),
-                );
+            let mut spec =
+                TaskSpec::for_role(t.role.as_deref().unwrap_or(LOCAL_ROLE), payload_of(t))
+                    .with_name(id)
+                    .with_priority(t.priority.unwrap_or(0))
+                    .with_retry(
+                        RetryPolicy::exponential(
+                            retries,
+                            Duration::from_secs_f64(args.retry_delay),
+                            2.0,
+                            Duration::from_secs(60),
+                        )
+                        .with_jitter(hive_kernel::Jitter::Equal),
+                    );
             if let Some(s) = t.timeout_s {
                 spec = spec.with_timeout(Duration::from_secs_f64(s));
             }
@@ -275,7 +285,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
             spec
         })
         .collect();
-    let cost_estimate: f64 = tasks.iter().filter_map(|(_, t)| t.cost).fold(0.0, |a, c| a + c);
+    let cost_estimate: f64 = tasks
+        .iter()
+        .filter_map(|(_, t)| t.cost)
+        .fold(0.0, |a, c| a + c);
     let opts = BatchOptions::new(args.max_concurrency as usize)
         .cancellation(match args.cancellation {
             CancellationArg::Cascading => Cancellation::Cascading,
@@ -307,7 +320,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&orchestration_result(&result, cost_estimate)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&orchestration_result(&result, cost_estimate))
+                .unwrap_or_default()
+        );
     } else {
         print_summary(&result);
     }
