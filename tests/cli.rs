@@ -544,7 +544,6 @@ fn events_file_gets_one_json_object_per_line() {
 }
 
 #[test]
-#[ignore = "bug: `hive run --json` panics (exit 101) when stdout is closed, e.g. `hive run ... --json | true`"]
 fn closed_stdout_is_not_a_panic() {
     let dir = scratch("cli-closed-stdout");
     let run = Hive::new(&dir)

@@ -2,7 +2,7 @@
 //! plugins, the CLI) subscribe to the same stream.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -198,6 +198,8 @@ pub(crate) struct EventBus {
     tx: broadcast::Sender<Arc<EventEnvelope>>,
     seq: AtomicU64,
     lagged: Arc<AtomicU64>,
+    /// Live subscriptions (broadcast's own count takes a lock; this is read on every emit).
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl EventBus {
@@ -207,6 +209,7 @@ impl EventBus {
             tx,
             seq: AtomicU64::new(0),
             lagged: Arc::new(AtomicU64::new(0)),
+            subscribers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -214,7 +217,7 @@ impl EventBus {
     #[inline]
     pub(crate) fn emit_with(&self, make: impl FnOnce() -> Event) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        if self.tx.receiver_count() == 0 {
+        if self.subscribers.load(Ordering::Acquire) == 0 {
             return;
         }
         let env = EventEnvelope {
@@ -230,9 +233,11 @@ impl EventBus {
     }
 
     pub(crate) fn subscribe(&self) -> EventStream {
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
         EventStream {
             rx: self.tx.subscribe(),
             lagged: self.lagged.clone(),
+            subscribers: self.subscribers.clone(),
         }
     }
 
@@ -250,6 +255,13 @@ impl EventBus {
 pub struct EventStream {
     rx: broadcast::Receiver<Arc<EventEnvelope>>,
     lagged: Arc<AtomicU64>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EventStream {

@@ -13,15 +13,38 @@ use crate::ids::Timestamp;
 use crate::kernel::{Kernel, RoleState};
 use crate::task::Status;
 
+const SHARDS: usize = 8;
+
+/// One shard of a role's statistics; each thread records into its own shard, so workers on
+/// different threads never contend.
+#[derive(Default)]
+struct Shard {
+    succeeded: u64,
+    failed: u64,
+    timed_out: u64,
+    cancelled: u64,
+    latency: Option<Histogram<u64>>,
+    wait: Option<Histogram<u64>>,
+}
+
 /// Per-role counters and latency histograms (microseconds).
 pub(crate) struct RoleStats {
     pub(crate) submitted: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-    latency: Mutex<Option<Histogram<u64>>>,
-    wait: Mutex<Option<Histogram<u64>>>,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+fn shard_index() -> usize {
+    use std::cell::Cell;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        if i.get() == usize::MAX {
+            i.set(NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS);
+        }
+        i.get()
+    })
 }
 
 fn hist() -> Option<Histogram<u64>> {
@@ -32,38 +55,59 @@ impl RoleStats {
     pub(crate) fn new() -> Self {
         RoleStats {
             submitted: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            timed_out: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            latency: Mutex::new(None),
-            wait: Mutex::new(None),
+            shards: Default::default(),
         }
     }
 
     pub(crate) fn record(&self, status: Status, run: Option<Duration>, wait: Option<Duration>) {
-        let c = match status {
-            Status::Succeeded | Status::Cached => &self.succeeded,
-            Status::TimedOut => &self.timed_out,
-            Status::Cancelled | Status::Skipped => &self.cancelled,
-            _ => &self.failed,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        for (h, d) in [(&self.latency, run), (&self.wait, wait)] {
+        let mut s = self.shards[shard_index()].lock();
+        match status {
+            Status::Succeeded | Status::Cached => s.succeeded += 1,
+            Status::TimedOut => s.timed_out += 1,
+            Status::Cancelled | Status::Skipped => s.cancelled += 1,
+            _ => s.failed += 1,
+        }
+        let Shard {
+            latency, wait: w, ..
+        } = &mut *s;
+        for (h, d) in [(latency, run), (w, wait)] {
             if let Some(d) = d {
-                let mut g = h.lock();
-                if g.is_none() {
-                    *g = hist();
+                if h.is_none() {
+                    *h = hist();
                 }
-                if let Some(h) = g.as_mut() {
+                if let Some(h) = h.as_mut() {
                     h.saturating_record((d.as_micros() as u64).max(1));
                 }
             }
         }
     }
 
-    fn quantiles(h: &Mutex<Option<Histogram<u64>>>) -> Quantiles {
-        match &*h.lock() {
+    /// Counters and merged histograms of all shards.
+    fn merged(&self) -> (Shard, Quantiles, Quantiles) {
+        let mut total = Shard::default();
+        let mut lat = hist();
+        let mut wait = hist();
+        for sh in &self.shards {
+            let s = sh.lock();
+            total.succeeded += s.succeeded;
+            total.failed += s.failed;
+            total.timed_out += s.timed_out;
+            total.cancelled += s.cancelled;
+            for (into, from) in [(&mut lat, &s.latency), (&mut wait, &s.wait)] {
+                if let (Some(into), Some(from)) = (into.as_mut(), from.as_ref()) {
+                    let _ = into.add(from);
+                }
+            }
+        }
+        (
+            total,
+            Self::quantiles(lat.as_ref()),
+            Self::quantiles(wait.as_ref()),
+        )
+    }
+
+    fn quantiles(h: Option<&Histogram<u64>>) -> Quantiles {
+        match h {
             Some(h) if !h.is_empty() => Quantiles {
                 count: h.len(),
                 p50_ms: h.value_at_quantile(0.50) as f64 / 1e3,
@@ -179,7 +223,7 @@ fn role_health(r: &RoleState) -> RoleHealth {
         in_flight += a.busy() as u64;
         capacity += a.capacity as u64;
     }
-    let s = &r.stats;
+    let (s, latency, queue_wait) = r.stats.merged();
     RoleHealth {
         agents: agents.len(),
         in_flight,
@@ -187,13 +231,13 @@ fn role_health(r: &RoleState) -> RoleHealth {
         queue_depth: depth,
         queue_capacity: r.capacity,
         oldest_wait_ms: oldest.as_secs_f64() * 1e3,
-        submitted: s.submitted.load(Ordering::Relaxed),
-        succeeded: s.succeeded.load(Ordering::Relaxed),
-        failed: s.failed.load(Ordering::Relaxed),
-        timed_out: s.timed_out.load(Ordering::Relaxed),
-        cancelled: s.cancelled.load(Ordering::Relaxed),
-        latency: RoleStats::quantiles(&s.latency),
-        queue_wait: RoleStats::quantiles(&s.wait),
+        submitted: r.stats.submitted.load(Ordering::Relaxed),
+        succeeded: s.succeeded,
+        failed: s.failed,
+        timed_out: s.timed_out,
+        cancelled: s.cancelled,
+        latency,
+        queue_wait,
     }
 }
 

@@ -11,6 +11,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+
+/// Maps keyed by sequential ids: FxHash is enough (no untrusted keys) and far cheaper.
+pub(crate) type IdMap<K, V> = DashMap<K, V, FxBuildHasher>;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -161,7 +165,7 @@ impl BatchResult {
             .results
             .iter()
             .map(|r| r.run_time().as_secs_f64())
-            .sum();
+            .fold(0.0, |a, b| a + b);
         let wall = self.wall.as_secs_f64();
         if wall > 0.0 {
             serial / wall
@@ -254,11 +258,11 @@ impl KernelBuilder {
             queue_capacity: self.queue_capacity,
             seed: self.seed.unwrap_or_else(|| fastrand::u64(..)),
             bus: EventBus::new(self.event_capacity),
-            agents: DashMap::new(),
+            agents: IdMap::with_hasher(FxBuildHasher),
             roles: DashMap::new(),
             caps: DashMap::new(),
-            tasks: DashMap::new(),
-            batches: DashMap::new(),
+            tasks: IdMap::with_hasher(FxBuildHasher),
+            batches: IdMap::with_hasher(FxBuildHasher),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: CancellationToken::new(),
@@ -421,11 +425,11 @@ pub(crate) struct Inner {
     queue_capacity: usize,
     seed: u64,
     pub(crate) bus: EventBus,
-    pub(crate) agents: DashMap<AgentId, Arc<AgentCell>>,
+    pub(crate) agents: IdMap<AgentId, Arc<AgentCell>>,
     pub(crate) roles: DashMap<Arc<str>, Arc<RoleState>>,
     pub(crate) caps: DashMap<Arc<str>, Arc<RoleState>>,
-    pub(crate) tasks: DashMap<TaskId, Arc<TaskEntry>>,
-    batches: DashMap<BatchId, Arc<BatchCell>>,
+    pub(crate) tasks: IdMap<TaskId, Arc<TaskEntry>>,
+    batches: IdMap<BatchId, Arc<BatchCell>>,
     next_id: AtomicU64,
     closing: AtomicBool,
     pub(crate) stop: CancellationToken,
@@ -1389,9 +1393,12 @@ impl Inner {
         } = fin;
         self.tasks.remove(&entry.id);
         self.completed.fetch_add(1, Ordering::Relaxed);
-        let finished_at = Timestamp::now();
         let status = outcome.status();
         let last = attempts.last();
+        let finished_at = match (&outcome, last) {
+            (Outcome::Succeeded(_), Some(a)) => a.finished_at,
+            _ => Timestamp::now(),
+        };
         let run = last.map(|a| a.finished_at.since(a.started_at));
         let wait = attempts
             .first()

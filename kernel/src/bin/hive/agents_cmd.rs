@@ -165,7 +165,7 @@ pub(crate) async fn health(args: HealthArgs) -> Result<u8, Exit> {
         }
     };
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
@@ -183,8 +183,8 @@ pub(crate) async fn health(args: HealthArgs) -> Result<u8, Exit> {
 }
 
 fn print_report(r: &HealthReport, source: &str, _config: &Path) {
-    println!("{source}");
-    println!(
+    say!("{source}");
+    say!(
         "status {}   uptime {:.1}s   agents: {} ready, {} busy, {} starting, {} draining, {} failed, {} stopped",
         r.status,
         r.uptime_s,
@@ -195,12 +195,20 @@ fn print_report(r: &HealthReport, source: &str, _config: &Path) {
         r.agents.failed,
         r.agents.stopped
     );
-    println!(
+    say!(
         "{:<16} {:>6} {:>9} {:>7} {:>10} {:>8} {:>7} {:>9} {:>9}",
-        "ROLE", "AGENTS", "IN-FLIGHT", "QUEUED", "OLDEST", "OK", "FAILED", "P50", "P95"
+        "ROLE",
+        "AGENTS",
+        "IN-FLIGHT",
+        "QUEUED",
+        "OLDEST",
+        "OK",
+        "FAILED",
+        "P50",
+        "P95"
     );
     for (name, h) in &r.roles {
-        println!(
+        say!(
             "{:<16} {:>6} {:>4}/{:<4} {:>7} {:>8.0}ms {:>8} {:>7} {:>7.1}ms {:>7.1}ms",
             name,
             h.agents,
@@ -215,6 +223,6 @@ fn print_report(r: &HealthReport, source: &str, _config: &Path) {
         );
     }
     for a in r.agent_list.iter().filter(|a| a.state.is_terminal()) {
-        println!("{} ({}) {}", a.id, a.role, a.state);
+        say!("{} ({}) {}", a.id, a.role, a.state);
     }
 }

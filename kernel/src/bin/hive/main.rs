@@ -2,6 +2,16 @@
 //! report health (`hive health`). Exit 0 on success, 1 when a task or agent failed, 2 on bad
 //! input.
 
+/// mimalloc: far less contention than glibc malloc across worker threads (see
+/// BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `println!` that tolerates a closed stdout (see [`say`]).
+macro_rules! say {
+    ($($t:tt)*) => { $crate::say(format!($($t)*)) };
+}
+
 mod agents_cmd;
 mod progress;
 mod tasks_cmd;
@@ -63,6 +73,13 @@ enum Cmd {
     Agents(agents_cmd::AgentsArgs),
     /// Health of the `hive agents` serving a config, or a readiness check of its pools.
     Health(agents_cmd::HealthArgs),
+}
+
+/// Prints a line on stdout; a closed stdout (`hive ... | head`) is not an error.
+pub(crate) fn say(line: impl AsRef<str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line.as_ref());
 }
 
 /// Where state lives: the flag, else $HIVE_STATE_DIR, else the config's, else `.hive`.

@@ -320,7 +320,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     }
 
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&orchestration_result(&result, cost_estimate))
                 .unwrap_or_default()
@@ -384,7 +384,11 @@ fn orchestration_result(r: &BatchResult, cost_estimate: f64) -> Value {
 
 fn print_summary(r: &BatchResult) {
     let count = |s: Status| r.results.iter().filter(|t| t.status() == s).count();
-    let serial: f64 = r.results.iter().map(|t| t.run_time().as_secs_f64()).sum();
+    let serial: f64 = r
+        .results
+        .iter()
+        .map(|t| t.run_time().as_secs_f64())
+        .fold(0.0, |a, b| a + b);
     for t in r.results.iter().filter(|t| !t.outcome.is_success()) {
         let why = match &t.outcome {
             Outcome::Failed(e) => e.message.clone(),
@@ -394,7 +398,7 @@ fn print_summary(r: &BatchResult) {
                 .and_then(|a| a.error.clone())
                 .unwrap_or_default(),
         };
-        println!(
+        say!(
             "{} {} after {} attempt(s): {}",
             t.name.as_deref().unwrap_or_default(),
             t.status(),
@@ -402,7 +406,7 @@ fn print_summary(r: &BatchResult) {
             why
         );
     }
-    println!(
+    say!(
         "{} tasks: {} succeeded, {} failed, {} timed out, {} cancelled",
         r.results.len(),
         count(Status::Succeeded),
@@ -410,7 +414,7 @@ fn print_summary(r: &BatchResult) {
         count(Status::TimedOut),
         count(Status::Cancelled)
     );
-    println!(
+    say!(
         "wall time {:.3}s, serial time {:.3}s, speedup {:.2}x",
         r.wall.as_secs_f64(),
         serial,
