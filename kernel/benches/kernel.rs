@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("spawn_inproc_agent", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(in_runtime(async {
+            rt.block_on(in_runtime(async move {
                 let k = Kernel::builder().build().expect("kernel");
                 let _events = k.subscribe(); // events are really built and sent
                 let driver = noop().shared();
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("round_trip_noop_idle_agent", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(in_runtime(async {
+            rt.block_on(in_runtime(async move {
                 let k = Kernel::builder().build().expect("kernel");
                 k.spawn_agent(AgentSpec::new("w", noop().shared()))
                     .await
@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("noop_10k_over_8_agents_submit_all", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(in_runtime(async {
+            rt.block_on(in_runtime(async move {
                 let k = Kernel::builder()
                     .queue_capacity(20_000)
                     .build()
@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("noop_10k_over_8_agents_batch_c8", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(in_runtime(async {
+            rt.block_on(in_runtime(async move {
                 let k = Kernel::builder()
                     .queue_capacity(20_000)
                     .build()
