@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{AgentHandle, Driver};
-use crate::event::{Event, EventBus};
+use crate::event::{kind, Event, EventBus};
 use crate::ids::{AgentId, Timestamp};
 use crate::queue::TaskQueue;
 
@@ -291,7 +291,7 @@ impl AgentCell {
     }
 
     fn emit_change(&self, bus: &EventBus, from: &AgentState, to: &AgentState) {
-        bus.emit_with(|| Event::AgentStateChanged {
+        bus.emit_with(kind::AGENT_STATE_CHANGED, || Event::AgentStateChanged {
             agent: self.id,
             role: self.role.clone(),
             from: from.clone(),
@@ -385,7 +385,7 @@ impl AgentCell {
         let to = AgentState::Failed(reason.clone());
         let from = std::mem::replace(&mut s.state, to.clone());
         self.emit_change(bus, &from, &to);
-        bus.emit_with(|| Event::AgentFailed {
+        bus.emit_with(kind::AGENT_FAILED, || Event::AgentFailed {
             agent: self.id,
             role: self.role.clone(),
             reason: reason.clone(),

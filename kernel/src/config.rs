@@ -66,6 +66,34 @@ fn d_tail() -> usize {
 fn d_one() -> u32 {
     1
 }
+fn d_plugin_errors() -> usize {
+    5
+}
+fn d_plugin_window() -> f64 {
+    60.0
+}
+
+/// `[[plugins]]`: one plugin to load, in order.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PluginSection {
+    /// Its name: looked up on the plugin search path unless `path` is given.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Its library file (relative to the config file's directory).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A failure to load is a warning instead of an error.
+    #[serde(default)]
+    pub optional: bool,
+    /// Only these of its hooks are called.
+    #[serde(default)]
+    pub hooks: Option<Vec<String>>,
+    /// Its own config table, handed to it as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
 
 /// `[kernel]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -93,6 +121,12 @@ pub struct KernelSection {
     /// KiB of stdout and of stderr kept per command.
     #[serde(default = "d_tail")]
     pub output_tail_kib: usize,
+    /// Failed hook calls that quarantine a plugin...
+    #[serde(default = "d_plugin_errors")]
+    pub plugin_max_errors: usize,
+    /// ...within this many seconds.
+    #[serde(default = "d_plugin_window")]
+    pub plugin_error_window_s: f64,
 }
 
 impl Default for KernelSection {
@@ -105,6 +139,8 @@ impl Default for KernelSection {
             event_buffer: d_events(),
             seed: None,
             output_tail_kib: d_tail(),
+            plugin_max_errors: d_plugin_errors(),
+            plugin_error_window_s: d_plugin_window(),
         }
     }
 }
@@ -166,6 +202,8 @@ struct Raw {
     kernel: KernelSection,
     #[serde(default)]
     pools: Vec<PoolSection>,
+    #[serde(default)]
+    plugins: Vec<PluginSection>,
 }
 
 /// One pool ready to spawn.
@@ -191,6 +229,8 @@ pub struct Config {
     pub kernel: KernelSection,
     /// `[[pools]]`.
     pub pools: Vec<PoolSection>,
+    /// `[[plugins]]`, in load order.
+    pub plugins: Vec<PluginSection>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -308,6 +348,53 @@ impl Config {
                 }
             }
         }
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, p) in raw.plugins.iter().enumerate() {
+            let line = p.name.as_ref().map_or_else(
+                || text.match_indices("[[plugins]]").nth(i).map_or(1, |(o, _)| line_of(text, o)),
+                |n| line_of(text, n.span().start),
+            );
+            if p.name.is_none() && p.path.is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    line,
+                    key: "plugins".into(),
+                    message: "a [[plugins]] entry needs `name` (found on the plugin search path) or `path`".into(),
+                });
+            }
+            if let Some(n) = &p.name {
+                if let Some(first) = names.insert(n.get_ref().clone(), line) {
+                    return Err(ConfigError::Invalid {
+                        path: path.into(),
+                        line,
+                        key: "name".into(),
+                        message: format!("plugin `{}` is already listed (line {first})", n.get_ref()),
+                    });
+                }
+            }
+            for h in p.hooks.iter().flatten() {
+                if hive_plugin_api::Hooks::by_name(h).is_none() {
+                    return Err(ConfigError::Invalid {
+                        path: path.into(),
+                        line,
+                        key: "hooks".into(),
+                        message: format!(
+                            "unknown hook `{h}`, expected one of {}",
+                            hive_plugin_api::Hooks::ALL.names().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        if k.plugin_max_errors == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                line: line_of(text, text.find("plugin_max_errors").unwrap_or(0)),
+                key: "kernel.plugin_max_errors".into(),
+                message: "expected at least 1".into(),
+            });
+        }
+        secs(path, text, "plugin_error_window_s", k.plugin_error_window_s)?;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -318,6 +405,7 @@ impl Config {
             dir,
             kernel: raw.kernel,
             pools: raw.pools,
+            plugins: raw.plugins,
         })
     }
 
@@ -329,6 +417,48 @@ impl Config {
     /// The state directory it names, resolved against its own directory.
     pub fn state_dir(&self) -> Option<PathBuf> {
         self.kernel.state_dir.as_ref().map(|d| self.dir.join(d))
+    }
+
+    /// The directory relative paths hang off.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The `[[plugins]]` entries as load specs, in order.
+    pub fn plugin_specs(&self) -> Vec<crate::PluginSpec> {
+        self.plugins
+            .iter()
+            .map(|p| {
+                let config = p
+                    .config
+                    .as_ref()
+                    .and_then(|t| serde_json::to_value(t).ok())
+                    .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+                let mut spec = match &p.path {
+                    Some(path) => crate::PluginSpec::path(self.dir.join(path)),
+                    None => crate::PluginSpec::named(p.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default()),
+                };
+                if let Some(n) = &p.name {
+                    spec = spec.with_name(n.get_ref().clone());
+                }
+                spec = spec.with_config(config);
+                if p.optional {
+                    spec = spec.optional();
+                }
+                if let Some(h) = &p.hooks {
+                    spec = spec.with_hooks(h.clone());
+                }
+                spec
+            })
+            .collect()
+    }
+
+    /// The quarantine policy of `[kernel]`.
+    pub fn quarantine_policy(&self) -> crate::QuarantinePolicy {
+        crate::QuarantinePolicy::new(
+            self.kernel.plugin_max_errors,
+            Duration::from_secs_f64(self.kernel.plugin_error_window_s),
+        )
     }
 
     /// A kernel builder with the `[kernel]` settings.
@@ -478,6 +608,26 @@ order = "shortest_first"
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"process\"\n[[pools]]\nrole = \"a\"\ndriver = \"process\"\n")
             .expect_err("dup");
         assert!(e.to_string().starts_with("conf/hive.toml:5:"), "{e}");
+    }
+
+    #[test]
+    fn plugins_parse_in_order_with_their_config() {
+        let c = parse(
+            "[[plugins]]\nname = \"a\"\n[plugins.config]\nx = 1\n\n[[plugins]]\npath = \"lib/b.so\"\noptional = true\nhooks = [\"task_completed\"]\n",
+        )
+        .expect("valid");
+        let specs = c.plugin_specs();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].name.as_deref(), Some("a"));
+        assert_eq!(specs[0].config, serde_json::json!({"x": 1}));
+        assert_eq!(specs[1].path, Some(PathBuf::from("conf/lib/b.so")));
+        assert!(specs[1].optional);
+        let e = parse("[[plugins]]\noptional = true\n").expect_err("no name or path");
+        assert!(e.to_string().starts_with("conf/hive.toml:1:"), "{e}");
+        let e = parse("[[plugins]]\nname = \"a\"\nhooks = [\"nope\"]\n").expect_err("bad hook");
+        assert!(e.to_string().contains("unknown hook `nope`"), "{e}");
+        let e = parse("[[plugins]]\nname = \"a\"\nbogus = 1\n").expect_err("unknown key");
+        assert!(e.to_string().contains("bogus") && e.to_string().contains("line 3"), "{e}");
     }
 
     #[test]

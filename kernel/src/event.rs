@@ -2,7 +2,7 @@
 //! plugins, the CLI) subscribe to the same stream.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,11 @@ pub enum Event {
     TaskDelegated {
         /// The task.
         task: TaskId,
+        /// Its label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<Arc<str>>,
+        /// Where it was headed.
+        target: Target,
         /// The agent.
         agent: AgentId,
         /// 1-based attempt number.
@@ -105,6 +110,11 @@ pub enum Event {
     TaskStarted {
         /// The task.
         task: TaskId,
+        /// Its label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<Arc<str>>,
+        /// Where it was headed.
+        target: Target,
         /// The agent.
         agent: AgentId,
         /// 1-based attempt number.
@@ -164,6 +174,56 @@ pub enum Event {
         /// The text.
         message: String,
     },
+    /// A log line from a plugin.
+    PluginLog {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Severity.
+        level: LogLevel,
+        /// The text.
+        message: String,
+    },
+    /// A number reported by a plugin.
+    PluginMetric {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: f64,
+    },
+    /// A plugin's hook failed or panicked (contained; counted towards quarantine).
+    PluginError {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The hook.
+        hook: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A plugin failed too often and gets no more calls.
+    PluginQuarantined {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// A run of a plan started.
+    RunStarted {
+        /// The run.
+        run: Arc<str>,
+        /// The plan.
+        plan: Arc<str>,
+    },
+    /// A run of a plan finished.
+    RunFinished {
+        /// The run.
+        run: Arc<str>,
+        /// The plan.
+        plan: Arc<str>,
+        /// Its final state.
+        state: Arc<str>,
+    },
     /// A number reported by an agent.
     Metric {
         /// The agent.
@@ -178,6 +238,48 @@ pub enum Event {
     },
 }
 
+/// Event kinds as bits, for interest filtering: an event is built only if some subscriber
+/// wants its kind.
+pub(crate) mod kind {
+    pub(crate) const AGENT_SPAWNED: u64 = 1 << 0;
+    pub(crate) const AGENT_STATE_CHANGED: u64 = 1 << 1;
+    pub(crate) const AGENT_FAILED: u64 = 1 << 2;
+    pub(crate) const TASK_SUBMITTED: u64 = 1 << 3;
+    pub(crate) const TASK_DELEGATED: u64 = 1 << 4;
+    pub(crate) const TASK_STARTED: u64 = 1 << 5;
+    pub(crate) const TASK_OUTPUT: u64 = 1 << 6;
+    pub(crate) const TASK_RETRYING: u64 = 1 << 7;
+    pub(crate) const TASK_COMPLETED: u64 = 1 << 8;
+    pub(crate) const AGENT_LOG: u64 = 1 << 9;
+    pub(crate) const METRIC: u64 = 1 << 10;
+    pub(crate) const PLUGIN: u64 = 1 << 11;
+    pub(crate) const RUN: u64 = 1 << 12;
+    pub(crate) const ALL: u64 = (1 << 13) - 1;
+}
+
+impl Event {
+    /// The kind bit of this event.
+    pub(crate) fn kind(&self) -> u64 {
+        match self {
+            Event::AgentSpawned { .. } => kind::AGENT_SPAWNED,
+            Event::AgentStateChanged { .. } => kind::AGENT_STATE_CHANGED,
+            Event::AgentFailed { .. } => kind::AGENT_FAILED,
+            Event::TaskSubmitted { .. } => kind::TASK_SUBMITTED,
+            Event::TaskDelegated { .. } => kind::TASK_DELEGATED,
+            Event::TaskStarted { .. } => kind::TASK_STARTED,
+            Event::TaskOutput { .. } => kind::TASK_OUTPUT,
+            Event::TaskRetrying { .. } => kind::TASK_RETRYING,
+            Event::TaskCompleted { .. } => kind::TASK_COMPLETED,
+            Event::AgentLog { .. } => kind::AGENT_LOG,
+            Event::Metric { .. } | Event::PluginMetric { .. } => kind::METRIC,
+            Event::PluginLog { .. } | Event::PluginError { .. } | Event::PluginQuarantined { .. } => {
+                kind::PLUGIN
+            }
+            Event::RunStarted { .. } | Event::RunFinished { .. } => kind::RUN,
+        }
+    }
+}
+
 /// An [`Event`] with its sequence number and time.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EventEnvelope {
@@ -190,16 +292,38 @@ pub struct EventEnvelope {
     pub event: Event,
 }
 
-/// The bus. Cheap to emit on when nobody listens; each subscriber has its own bounded buffer
-/// and a slow one loses the oldest events (counted in [`EventBus::lagged`]), never slows the
-/// emitter.
+/// Which kinds of events the live subscriptions want (a count per kind bit).
+#[derive(Debug, Default)]
+struct Interest {
+    counts: parking_lot::Mutex<[usize; 32]>,
+    mask: AtomicU64,
+}
+
+impl Interest {
+    fn add(&self, mask: u64, delta: isize) {
+        let mut c = self.counts.lock();
+        let mut union = 0u64;
+        for (bit, n) in c.iter_mut().enumerate() {
+            if mask & (1 << bit) != 0 {
+                *n = n.saturating_add_signed(delta);
+            }
+            if *n > 0 {
+                union |= 1 << bit;
+            }
+        }
+        self.mask.store(union, Ordering::Release);
+    }
+}
+
+/// The bus. Cheap to emit on when nobody listens (or nobody wants that kind of event); each
+/// subscriber has its own bounded backlog and a slow one loses the oldest events (counted
+/// per subscriber and in [`EventBus::lagged`]), never slows the emitter.
 #[derive(Debug)]
 pub(crate) struct EventBus {
     tx: broadcast::Sender<Arc<EventEnvelope>>,
     seq: AtomicU64,
     lagged: Arc<AtomicU64>,
-    /// Live subscriptions (broadcast's own count takes a lock; this is read on every emit).
-    subscribers: Arc<AtomicUsize>,
+    interest: Arc<Interest>,
 }
 
 impl EventBus {
@@ -209,15 +333,22 @@ impl EventBus {
             tx,
             seq: AtomicU64::new(0),
             lagged: Arc::new(AtomicU64::new(0)),
-            subscribers: Arc::new(AtomicUsize::new(0)),
+            interest: Arc::new(Interest::default()),
         }
     }
 
-    /// Emits an event built lazily: when nobody listens, `make` is not called.
+    /// Whether some subscriber wants events of `kind`.
     #[inline]
-    pub(crate) fn emit_with(&self, make: impl FnOnce() -> Event) {
+    pub(crate) fn wants(&self, kind: u64) -> bool {
+        self.interest.mask.load(Ordering::Acquire) & kind != 0
+    }
+
+    /// Emits an event of `kind` built lazily: when nobody wants that kind, `make` is not
+    /// called.
+    #[inline]
+    pub(crate) fn emit_with(&self, kind: u64, make: impl FnOnce() -> Event) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        if self.subscribers.load(Ordering::Acquire) == 0 {
+        if !self.wants(kind) {
             return;
         }
         let env = EventEnvelope {
@@ -229,15 +360,26 @@ impl EventBus {
     }
 
     pub(crate) fn emit(&self, event: Event) {
-        self.emit_with(|| event)
+        let k = event.kind();
+        self.emit_with(k, || event)
     }
 
+    /// A subscription to every kind of event.
     pub(crate) fn subscribe(&self) -> EventStream {
-        self.subscribers.fetch_add(1, Ordering::AcqRel);
+        self.subscribe_to(kind::ALL)
+    }
+
+    /// A subscription to the kinds in `mask` (others may still arrive; they are filtered on
+    /// receipt).
+    pub(crate) fn subscribe_to(&self, mask: u64) -> EventStream {
+        let rx = self.tx.subscribe();
+        self.interest.add(mask, 1);
         EventStream {
-            rx: self.tx.subscribe(),
+            rx,
+            mask,
+            lost: 0,
             lagged: self.lagged.clone(),
-            subscribers: self.subscribers.clone(),
+            interest: self.interest.clone(),
         }
     }
 
@@ -254,26 +396,36 @@ impl EventBus {
 #[derive(Debug)]
 pub struct EventStream {
     rx: broadcast::Receiver<Arc<EventEnvelope>>,
+    mask: u64,
+    lost: u64,
     lagged: Arc<AtomicU64>,
-    subscribers: Arc<AtomicUsize>,
+    interest: Arc<Interest>,
 }
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.interest.add(self.mask, -1);
     }
 }
 
 impl EventStream {
+    fn wanted(&self, e: &EventEnvelope) -> bool {
+        e.event.kind() & self.mask != 0
+    }
+
+    fn lag(&mut self, n: u64) {
+        self.lost += n;
+        self.lagged.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The next event; `None` once the kernel is gone. Events lost to lag are counted and
     /// skipped.
     pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
         loop {
             match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.lagged.fetch_add(n, Ordering::Relaxed);
-                }
+                Ok(e) if self.wanted(&e) => return Some(e),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lag(n),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
@@ -283,13 +435,17 @@ impl EventStream {
     pub fn try_recv(&mut self) -> Option<Arc<EventEnvelope>> {
         loop {
             match self.rx.try_recv() {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    self.lagged.fetch_add(n, Ordering::Relaxed);
-                }
+                Ok(e) if self.wanted(&e) => return Some(e),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lag(n),
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Events this subscription lost because it fell behind.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 }
 

@@ -209,6 +209,9 @@ pub struct HealthReport {
     pub events_lagged: u64,
     /// Every agent.
     pub agent_list: Vec<AgentInfo>,
+    /// Every plugin, in config order.
+    #[serde(default)]
+    pub plugins: Vec<crate::plugin::PluginHealth>,
 }
 
 fn role_health(r: &RoleState) -> RoleHealth {
@@ -268,8 +271,10 @@ impl Kernel {
             .map(|r| (r.name.to_string(), role_health(&r)))
             .collect();
         let starved = roles.values().any(|r| r.agents == 0 && r.queue_depth > 0);
+        let plugins = k.plugins.get().map(|p| p.health()).unwrap_or_default();
+        let plugin_trouble = plugins.iter().any(|p| p.state != "loaded");
         HealthReport {
-            status: if starved || counts.failed > 0 {
+            status: if starved || counts.failed > 0 || plugin_trouble {
                 "degraded".into()
             } else {
                 "ok".into()
@@ -284,6 +289,7 @@ impl Kernel {
             events_emitted: k.bus.emitted(),
             events_lagged: k.bus.lagged(),
             agent_list,
+            plugins,
         }
     }
 }

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::{AgentCell, AgentInfo, AgentSpec, AgentState, Lease, ShutdownMode};
+use crate::plugin::{abi_target, kernel_target, PluginLoadError, PluginSet, PluginSpec, QuarantinePolicy};
 use crate::driver::{AgentContext, AgentLink, TaskContext};
 use crate::error::{BuildError, ShutdownError, SpawnError, SubmitError};
-use crate::event::{Event, EventBus, EventStream, JsonlSink};
+use crate::event::{kind, Event, EventBus, EventStream, JsonlSink};
 use crate::health::RoleStats;
 use crate::ids::{AgentId, BatchId, TaskId, Timestamp};
 use crate::queue::{Pushed, QueueKey, QueueOrder, TaskQueue};
@@ -269,6 +270,8 @@ impl KernelBuilder {
             lease_period_ms: AtomicU64::new(0),
             terminal: Mutex::new(VecDeque::new()),
             completed: AtomicU64::new(0),
+            plugins: std::sync::OnceLock::new(),
+            templates: DashMap::new(),
         });
         Ok(Kernel { inner })
     }
@@ -383,6 +386,10 @@ struct TaskRun {
     attempts: Vec<AttemptRecord>,
     tx: Option<oneshot::Sender<TaskResult>>,
     cancel_requested: bool,
+    /// Where a plugin sent it instead of its spec's target.
+    reroute: Option<Target>,
+    /// Deferrals and reroutes by plugins so far (capped, so no plugin can livelock a task).
+    redirects: u32,
 }
 
 pub(crate) struct TaskEntry {
@@ -392,6 +399,8 @@ pub(crate) struct TaskEntry {
     batch: Option<Arc<BatchCell>>,
     queued_at: Timestamp,
     st: Mutex<TaskRun>,
+    /// Its payload as JSON and its target, for plugins' decision hooks (built once).
+    abi: std::sync::OnceLock<(String, hive_plugin_api::Target)>,
 }
 
 struct BatchCell {
@@ -436,6 +445,10 @@ pub(crate) struct Inner {
     lease_period_ms: AtomicU64,
     terminal: Mutex<VecDeque<AgentId>>,
     pub(crate) completed: AtomicU64,
+    pub(crate) plugins: std::sync::OnceLock<Arc<PluginSet>>,
+    /// Per role, how to build one more agent (pools register theirs; plugins' `spawn_agent`
+    /// copies them).
+    templates: DashMap<Arc<str>, AgentSpec>,
 }
 
 impl Kernel {
@@ -572,7 +585,59 @@ impl Kernel {
         for id in left {
             self.inner.cancel(id);
         }
+        if let Some(set) = self.inner.plugins.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || set.stop()).await;
+        }
         self.inner.stop.cancel();
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Kernel { inner }
+    }
+
+    /// Loads plugins, in order (their order is the order of their decision hooks). Call once,
+    /// before spawning agents, so that observers see everything. Returns the optional
+    /// plugins that failed to load (as warnings); a required one that fails is an error and
+    /// nothing is loaded.
+    pub fn load_plugins(
+        &self,
+        specs: &[PluginSpec],
+        policy: QuarantinePolicy,
+        base_dir: &std::path::Path,
+    ) -> Result<Vec<PluginLoadError>, PluginLoadError> {
+        if self.inner.plugins.get().is_some() {
+            return Err(PluginLoadError::new(
+                base_dir,
+                crate::plugin::LoadErrorKind::Duplicate,
+                "plugins are already loaded in this kernel",
+            ));
+        }
+        let (set, warnings) = PluginSet::load(&self.inner, specs, policy, base_dir)?;
+        let _ = self.inner.plugins.set(set);
+        Ok(warnings)
+    }
+
+    /// Remembers how to build one more agent of `spec.role` (plugins' `spawn_agent` uses it).
+    pub fn register_template(&self, spec: AgentSpec) {
+        self.inner.templates.insert(spec.role.clone(), spec);
+    }
+
+    /// Spawns one more agent of `role` from its template.
+    pub async fn spawn_from_template(&self, role: &str) -> Result<AgentId, SpawnError> {
+        let spec = self
+            .inner
+            .templates
+            .get(role)
+            .map(|t| t.clone())
+            .ok_or_else(|| SpawnError::Start {
+                role: Arc::from(role),
+                reason: Arc::from("no pool template for this role"),
+            })?;
+        self.spawn_agent(spec).await
+    }
+
+    pub(crate) async fn submit_reserved(&self, id: TaskId, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
+        self.inner.submit_reserved(id, spec).await
     }
 
     /// Whether `shutdown` was called.
@@ -641,7 +706,7 @@ impl Inner {
         let lease = Arc::new(Lease::new(self.epoch));
         let cell = Arc::new(AgentCell::new(id, &spec, queues, lease.clone()));
         self.agents.insert(id, cell.clone());
-        self.bus.emit_with(|| Event::AgentSpawned {
+        self.bus.emit_with(kind::AGENT_SPAWNED, || Event::AgentSpawned {
             agent: id,
             role: spec.role.clone(),
             driver: cell.driver_name.clone(),
@@ -874,6 +939,28 @@ impl Inner {
         Ok(self.enter(spec, route, permit, batch))
     }
 
+    /// Submits under an id reserved earlier (plugins get the id before the task enters).
+    async fn submit_reserved(&self, id: TaskId, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
+        let route = self.route_of(&spec)?;
+        let permit = tokio::select! {
+            p = route.permits.clone().acquire_owned() => p.map_err(|_| SubmitError::ShuttingDown)?,
+            _ = self.stop.cancelled() => return Err(SubmitError::ShuttingDown),
+        };
+        Ok(self.enter_as(id, spec, route, permit, None))
+    }
+
+    pub(crate) fn reserve_id(&self) -> u64 {
+        self.next()
+    }
+
+    pub(crate) fn rt(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
+    pub(crate) fn has_template(&self, role: &str) -> bool {
+        self.templates.contains_key(role)
+    }
+
     /// The task enters the kernel: registered, announced, queued or handed to an agent.
     fn enter(
         &self,
@@ -883,6 +970,17 @@ impl Inner {
         batch: Option<Arc<BatchCell>>,
     ) -> TaskHandle {
         let id = TaskId(self.next());
+        self.enter_as(id, spec, route, permit, batch)
+    }
+
+    fn enter_as(
+        &self,
+        id: TaskId,
+        spec: TaskSpec,
+        route: Arc<RoleState>,
+        permit: OwnedSemaphorePermit,
+        batch: Option<Arc<BatchCell>>,
+    ) -> TaskHandle {
         let (tx, rx) = oneshot::channel();
         let queued_at = Timestamp::now();
         let name = spec.name.clone();
@@ -898,14 +996,17 @@ impl Inner {
                 attempts: Vec::new(),
                 tx: Some(tx),
                 cancel_requested: false,
+                reroute: None,
+                redirects: 0,
             }),
+            abi: std::sync::OnceLock::new(),
         });
         self.tasks.insert(id, entry.clone());
         entry.route.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = &entry.batch {
             b.members.lock().push(id);
         }
-        self.bus.emit_with(|| Event::TaskSubmitted {
+        self.bus.emit_with(kind::TASK_SUBMITTED, || Event::TaskSubmitted {
             task: id,
             name: entry.spec.name.clone(),
             target: entry.spec.target.clone(),
@@ -956,18 +1057,34 @@ impl Inner {
         self.complete(entry, fin);
     }
 
-    /// Picks the queue a task goes to now.
-    fn pick_queue(&self, entry: &TaskEntry) -> Result<Arc<TaskQueue>, TaskError> {
-        match &entry.spec.target {
+    /// Picks the queue a task goes to now (its spec's target, or where a plugin rerouted it).
+    fn pick_queue(&self, entry: &TaskEntry, target: &Target) -> Result<Arc<TaskQueue>, TaskError> {
+        let route = if *target == entry.spec.target {
+            entry.route.clone()
+        } else {
+            match target {
+                Target::Role(r) => self
+                    .roles
+                    .get(r)
+                    .map(|x| x.clone())
+                    .ok_or_else(|| TaskError::permanent(format!("rerouted to role `{r}`, which has no agents")))?,
+                Target::Capability(c) => self
+                    .caps
+                    .get(c)
+                    .map(|x| x.clone())
+                    .ok_or_else(|| TaskError::permanent(format!("rerouted to capability `{c}`, which no agent has")))?,
+                Target::Agent(_) => entry.route.clone(),
+            }
+        };
+        match target {
             Target::Agent(a) => self
                 .agents
                 .get(a)
                 .filter(|x| x.accepting())
                 .map(|x| x.direct().clone())
                 .ok_or_else(|| TaskError::permanent(format!("target {a} is gone"))),
-            Target::Capability(_) => Ok(entry.route.queue.clone()),
+            Target::Capability(_) => Ok(route.queue.clone()),
             Target::Role(_) => {
-                let route = &entry.route;
                 if route.dispatch == Dispatch::Pull {
                     return Ok(route.queue.clone());
                 }
@@ -1022,7 +1139,11 @@ impl Inner {
         st: &mut TaskRun,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Option<Launch> {
-        let queue = match self.pick_queue(entry) {
+        let picked = match &st.reroute {
+            Some(t) => self.pick_queue(entry, &t.clone()),
+            None => self.pick_queue(entry, &entry.spec.target),
+        };
+        let queue = match picked {
             Ok(q) => q,
             Err(e) => {
                 let fin = self.close_locked(st, Outcome::Failed(e));
@@ -1165,8 +1286,33 @@ impl Inner {
             token,
         } = s;
         let (agent_id, task_id, attempt) = (agent.id, entry.id, *attempt);
-        self.bus.emit_with(|| Event::TaskDelegated {
+        if let Some(set) = self.plugins.get().filter(|p| p.has_delegate_hooks()) {
+            let (payload, target) = entry.abi.get_or_init(|| {
+                (
+                    serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()),
+                    abi_target(&entry.spec.target),
+                )
+            });
+            let rerouted = entry.st.lock().reroute.as_ref().map(abi_target);
+            let req = hive_plugin_api::DelegateRequest {
+                task: task_id.get(),
+                name: entry.spec.name.as_deref().unwrap_or("").into(),
+                target: rerouted.as_ref().unwrap_or(target),
+                agent: agent_id.get(),
+                attempt,
+                priority: entry.spec.priority,
+                payload_json: payload.as_str().into(),
+            };
+            if let Some((plugin, decision)) = set.before_delegate(&req) {
+                if self.apply_delegate(s, &plugin, decision) {
+                    return;
+                }
+            }
+        }
+        self.bus.emit_with(kind::TASK_DELEGATED, || Event::TaskDelegated {
             task: task_id,
+            name: entry.spec.name.clone(),
+            target: entry.spec.target.clone(),
             agent: agent_id,
             attempt,
         });
@@ -1183,8 +1329,10 @@ impl Inner {
                 None,
             ),
             Some(handle) => {
-                self.bus.emit_with(|| Event::TaskStarted {
+                self.bus.emit_with(kind::TASK_STARTED, || Event::TaskStarted {
                     task: task_id,
+                    name: entry.spec.name.clone(),
+                    target: entry.spec.target.clone(),
                     agent: agent_id,
                     attempt,
                 });
@@ -1222,6 +1370,83 @@ impl Inner {
             }
         };
         self.finish_attempt(s, started, res, why)
+    }
+
+    /// Carries out a plugin's `before_delegate` decision. True if the task does not run now.
+    fn apply_delegate(&self, s: &Start, plugin: &str, decision: hive_plugin_api::Delegate) -> bool {
+        use hive_plugin_api::Delegate as D;
+        let entry = &s.entry;
+        let mut st = entry.st.lock();
+        if !matches!(st.phase, Phase::Running { attempt, .. } if attempt == s.attempt) {
+            return true;
+        }
+        match decision {
+            D::ShortCircuit { output_json } => {
+                let v = serde_json::from_str(output_json.as_str())
+                    .unwrap_or_else(|_| Value::String(output_json.to_string()));
+                let fin = self.close_locked(&mut st, Outcome::Succeeded(v));
+                drop(st);
+                self.complete(entry, fin);
+            }
+            D::Reject { reason } => {
+                let e = TaskError::permanent(format!("rejected by plugin {plugin}: {reason}"));
+                let fin = self.close_locked(&mut st, Outcome::Failed(e));
+                drop(st);
+                self.complete(entry, fin);
+            }
+            D::Defer { .. } | D::Reroute { .. } if st.redirects >= MAX_REDIRECTS => {
+                tracing::warn!(task = %entry.id, plugin, "ignoring a deferral or reroute: the task was redirected {MAX_REDIRECTS} times already");
+                return false;
+            }
+            D::Defer { ms } => {
+                st.redirects += 1;
+                st.phase = Phase::Backoff;
+                drop(st);
+                self.schedule_retry(entry, Duration::from_millis(ms));
+            }
+            D::Reroute { target } => {
+                st.redirects += 1;
+                st.reroute = Some(kernel_target(&target));
+                st.phase = Phase::Backoff;
+                drop(st);
+                self.requeue(entry);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Asks the plugins about a failed attempt (no lock held).
+    fn ask_on_failed(
+        &self,
+        s: &Start,
+        status: AttemptStatus,
+        error: &TaskError,
+    ) -> Option<hive_plugin_api::OnFailure> {
+        let set = self.plugins.get().filter(|p| p.has_failure_hooks())?;
+        let entry = &s.entry;
+        let (_, target) = entry.abi.get_or_init(|| {
+            (
+                serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()),
+                abi_target(&entry.spec.target),
+            )
+        });
+        let info = hive_plugin_api::FailureInfo {
+            task: entry.id.get(),
+            name: entry.spec.name.as_deref().unwrap_or("").into(),
+            target,
+            agent: s.agent.id.get(),
+            attempt: s.attempt,
+            max_attempts: entry.spec.retry.max_attempts,
+            error: error.message.as_str().into(),
+            exit_code: error.exit_code.unwrap_or(-1),
+            timed_out: status == AttemptStatus::TimedOut,
+            agent_lost: status == AttemptStatus::AgentLost,
+        };
+        set.on_task_failed(&info).map(|(plugin, d)| {
+            tracing::debug!(task = %entry.id, plugin = %plugin, "on_task_failed decision: {d:?}");
+            d
+        })
     }
 
     fn finish_attempt(
@@ -1282,6 +1507,10 @@ impl Inner {
             (_, Some(e)) => e.exit_code,
             _ => None,
         };
+        let plugin_says = match (&output, &error) {
+            (None, Some(e)) if status != AttemptStatus::Cancelled => self.ask_on_failed(s, status, e),
+            _ => None,
+        };
         let mut st = entry.st.lock();
         match st.phase {
             Phase::Running { attempt: a, .. } if a == *attempt => {}
@@ -1304,21 +1533,31 @@ impl Inner {
             Outcome::Cancelled
         } else if let Some(v) = output {
             Outcome::Succeeded(v)
+        } else if let Some(hive_plugin_api::OnFailure::Fallback { output_json }) = &plugin_says {
+            Outcome::Succeeded(
+                serde_json::from_str(output_json.as_str())
+                    .unwrap_or_else(|_| Value::String(output_json.to_string())),
+            )
         } else {
+            use hive_plugin_api::OnFailure as F;
             let err = error.unwrap_or_else(|| TaskError::new("failed"));
             let n = st.attempts.len() as u32;
             let now = Timestamp::now();
             let past_deadline = entry.spec.deadline.is_some_and(|d| now >= d);
             let retry = &entry.spec.retry;
-            if !past_deadline
-                && err.retryable
-                && n < retry.max_attempts
-                && !self.closing.load(Ordering::Acquire)
-            {
+            let (may_retry, forced_delay) = match &plugin_says {
+                Some(F::GiveUp) => (false, None),
+                Some(F::RetryAfter { ms }) => (
+                    n < retry.max_attempts.max(PLUGIN_RETRY_LIMIT),
+                    Some(Duration::from_millis(*ms)),
+                ),
+                _ => (err.retryable && n < retry.max_attempts, None),
+            };
+            if !past_deadline && may_retry && !self.closing.load(Ordering::Acquire) {
                 let mut rng = fastrand::Rng::with_seed(
                     self.seed ^ entry.id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n as u64,
                 );
-                let delay = retry.delay(n, &mut rng);
+                let delay = forced_delay.unwrap_or_else(|| retry.delay(n, &mut rng));
                 let too_late = entry
                     .spec
                     .deadline
@@ -1326,7 +1565,7 @@ impl Inner {
                 if !too_late {
                     st.phase = Phase::Backoff;
                     drop(st);
-                    self.bus.emit_with(|| Event::TaskRetrying {
+                    self.bus.emit_with(kind::TASK_RETRYING, || Event::TaskRetrying {
                         task: entry.id,
                         attempt: n,
                         delay_ms: delay.as_millis() as u64,
@@ -1404,7 +1643,7 @@ impl Inner {
             .first()
             .map(|a| a.started_at.since(entry.queued_at));
         entry.route.stats.record(status, run, wait);
-        self.bus.emit_with(|| Event::TaskCompleted {
+        self.bus.emit_with(kind::TASK_COMPLETED, || Event::TaskCompleted {
             task: entry.id,
             name: entry.spec.name.clone(),
             status,
@@ -1555,6 +1794,12 @@ impl Inner {
         }
     }
 }
+
+/// Deferrals and reroutes plugins may impose on one task before the kernel ignores them.
+const MAX_REDIRECTS: u32 = 32;
+
+/// Attempts a plugin's `RetryAfter` may push a task to, past its own policy.
+const PLUGIN_RETRY_LIMIT: u32 = 10;
 
 enum Launch {
     Start(Start),

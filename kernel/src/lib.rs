@@ -25,14 +25,18 @@ mod control;
 mod driver;
 mod error;
 mod event;
+mod graph;
 mod health;
 mod ids;
 mod kernel;
+mod plan;
+mod plugin;
 mod queue;
+mod state;
 mod task;
 
 pub use agent::{AgentInfo, AgentSpec, AgentState, ShutdownMode};
-pub use config::{Config, ConfigError, KernelSection, Pool, PoolSection};
+pub use config::{Config, ConfigError, KernelSection, PluginSection, Pool, PoolSection};
 pub use control::{request_health, serve as serve_control, socket_path, ControlError};
 pub use driver::{
     AgentContext, AgentHandle, AgentLink, Driver, DriverError, InprocDriver, ProcessConfig,
@@ -40,13 +44,23 @@ pub use driver::{
 };
 pub use error::{BuildError, ShutdownError, SpawnError, SubmitError};
 pub use event::{Event, EventEnvelope, EventStream, JsonlSink, LogLevel, Stream};
+pub use graph::{CacheMode, PlanRun, RunError, RunOptions, RunReport, StepReport};
 pub use health::{AgentCounts, HealthReport, Quantiles, RoleHealth};
 pub use ids::{AgentId, BatchId, TaskId, Timestamp};
 pub use kernel::{
     BatchOptions, BatchResult, Cancellation, Dispatch, Fairness, Kernel, KernelBuilder, RoleConfig,
     TaskHandle,
 };
+pub use plugin::{
+    inspect as inspect_plugin, search_path as plugin_search_path, LoadErrorKind, PluginHealth,
+    PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,
+};
+pub use plan::{OnFailure, Plan, PlanError, Problem, ProblemKind};
 pub use queue::QueueOrder;
+pub use state::{
+    AttemptRow, RunEvent, RunEventKind, RunLock, RunRecord, RunState, StateError, StateStore,
+    StepRecord, StepState,
+};
 pub use task::{
     AttemptRecord, AttemptStatus, Backoff, Jitter, Outcome, RetryPolicy, Status, Target, TaskError,
     TaskResult, TaskSpec,

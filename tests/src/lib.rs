@@ -30,6 +30,14 @@ pub fn hive_bin() -> PathBuf {
     bin
 }
 
+/// A plugin library built from the workspace (by `cargo xtask test`), e.g. `hive_testkit`.
+pub fn plugin_lib(lib_name: &str) -> PathBuf {
+    let bin = hive_bin();
+    let p = bin.with_file_name(format!("lib{lib_name}.so"));
+    assert!(p.exists(), "{} is missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
 /// A fresh scratch directory under the target directory, named after the test.
 pub fn scratch(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Lease, ShutdownMode};
-use crate::event::{Event, LogLevel, Stream};
+use crate::event::{kind, Event, LogLevel, Stream};
 use crate::ids::{AgentId, TaskId};
 use crate::kernel::Inner;
 use crate::task::TaskError;
@@ -142,7 +142,7 @@ impl AgentLink {
     /// Streams a chunk of a task's output (built only if someone listens).
     pub fn output(&self, task: TaskId, stream: Stream, chunk: &[u8]) {
         if let Some(k) = self.kernel.upgrade() {
-            k.bus.emit_with(|| Event::TaskOutput {
+            k.bus.emit_with(kind::TASK_OUTPUT, || Event::TaskOutput {
                 task,
                 agent: self.agent,
                 stream,

@@ -37,30 +37,12 @@ pub(crate) struct HealthArgs {
     json: bool,
 }
 
-/// Builds the kernel of a config and spawns its pools. Returns the kernel and the spawn
-/// failures (as messages).
+/// Builds the kernel of a config (plugins loaded) and spawns its pools. Returns the kernel
+/// and the spawn failures (as messages).
 async fn start_pools(config: &Config) -> Result<(Kernel, Vec<String>), Exit> {
-    let kernel = config.kernel_builder().build()?;
-    let mut failures = Vec::new();
+    let kernel = crate::setup::build_kernel(Some(config), |_| {})?;
     let pools = config.pools();
-    for p in &pools {
-        kernel.declare_role(&*p.role, p.role_config)?;
-    }
-    let spawns = pools
-        .iter()
-        .flat_map(|p| (0..p.size).map(move |_| p.spec.clone()));
-    let mut set = tokio::task::JoinSet::new();
-    for spec in spawns {
-        let k = kernel.clone();
-        set.spawn(async move { k.spawn_agent(spec).await });
-    }
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => failures.push(e.to_string()),
-            Err(e) => failures.push(format!("spawn task failed: {e}")),
-        }
-    }
+    let failures = crate::setup::spawn_pools(&kernel, &pools).await?;
     Ok((kernel, failures))
 }
 

@@ -13,7 +13,11 @@ macro_rules! say {
 }
 
 mod agents_cmd;
+mod plan_cmd;
+mod plan_progress;
+mod plugins_cmd;
 mod progress;
+mod setup;
 mod tasks_cmd;
 
 use std::path::PathBuf;
@@ -67,8 +71,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a list of tasks (the legacy `python -m tools.orchestrator run` command line).
+    /// Run a plan (`hive run PLAN`, durable, resumable) or a list of tasks (`--tasks`, the
+    /// legacy `python -m tools.orchestrator run` command line).
     Run(tasks_cmd::RunArgs),
+    /// Check a plan file without running it (exit 0 if valid, 2 otherwise).
+    Validate(plan_cmd::ValidateArgs),
+    /// Print the JSON Schema of plan files (`hive schema plan`), for editors.
+    Schema(plan_cmd::SchemaArgs),
+    /// List the runs of a state directory.
+    Runs(plan_cmd::RunsArgs),
+    /// Show a run: its state and every step.
+    Show(plan_cmd::ShowArgs),
+    /// Print a run's events as JSON Lines (`--follow` to wait for more).
+    Events(plan_cmd::EventsArgs),
+    /// Finish a run that was interrupted (killed, crashed, Ctrl-C) or failed.
+    Resume(plan_cmd::ResumeArgs),
+    /// List the plugins of a config, or inspect a plugin library.
+    Plugins(plugins_cmd::PluginsArgs),
     /// Start the agent pools of a config file and serve them until Ctrl-C (drains gracefully).
     Agents(agents_cmd::AgentsArgs),
     /// Health of the `hive agents` serving a config, or a readiness check of its pools.
@@ -116,6 +135,13 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.cmd {
             Cmd::Run(a) => tasks_cmd::run(a).await,
+            Cmd::Validate(a) => plan_cmd::validate(a),
+            Cmd::Schema(a) => plan_cmd::schema(a),
+            Cmd::Runs(a) => plan_cmd::runs(a),
+            Cmd::Show(a) => plan_cmd::show(a),
+            Cmd::Events(a) => plan_cmd::events(a).await,
+            Cmd::Resume(a) => plan_cmd::resume(a).await,
+            Cmd::Plugins(a) => plugins_cmd::plugins(a).await,
             Cmd::Agents(a) => agents_cmd::agents(a).await,
             Cmd::Health(a) => agents_cmd::health(a).await,
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Kernel, Outcome,
+    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Outcome,
     ProcessConfig, ProcessDriver, RetryPolicy, ShutdownMode, Status, TaskSpec, Timestamp,
 };
 use serde::Deserialize;
@@ -23,40 +23,54 @@ const LOCAL_ROLE: &str = "local";
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
+    /// A plan file (.json, .yaml or .toml) to run as a durable DAG (see docs/plans.md).
+    /// Exactly one of PLAN or --tasks.
+    #[arg(value_name = "PLAN")]
+    pub(crate) plan: Option<PathBuf>,
     /// The tasks: a JSON array, or @FILE to read it from a file. Each task is
     /// {id?, command, args?, role?, timeout_s?, retries?, env?, cwd?, priority?, cost?, payload?}.
     #[arg(long, value_name = "JSON|@FILE")]
-    tasks: String,
-    /// Tasks running at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    max_concurrency: u32,
+    tasks: Option<String>,
+    /// Tasks (or plan steps) running at once [default: 4, or the plan's
+    /// globals.max_concurrency].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) max_concurrency: Option<u32>,
     /// Per-task timeout in seconds (a task's own `timeout_s` wins).
-    #[arg(long, default_value_t = 300.0, value_name = "S")]
+    #[arg(long, default_value_t = 300.0, value_name = "S", conflicts_with = "plan")]
     timeout: f64,
     /// Retries of a failed task (a task's own `retries` wins).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "plan")]
     retries: u32,
     /// Seconds between retries (doubling each time, with equal jitter).
-    #[arg(long, default_value_t = 0.1, value_name = "S")]
+    #[arg(long, default_value_t = 0.1, value_name = "S", conflicts_with = "plan")]
     retry_delay: f64,
     /// What a failed task does to the others.
-    #[arg(long, value_enum, default_value_t = CancellationArg::Isolated)]
+    #[arg(long, value_enum, default_value_t = CancellationArg::Isolated, conflicts_with = "plan")]
     cancellation: CancellationArg,
     /// Submission order.
-    #[arg(long, value_enum, default_value_t = FairnessArg::RoundRobin)]
+    #[arg(long, value_enum, default_value_t = FairnessArg::RoundRobin, conflicts_with = "plan")]
     fairness: FairnessArg,
+    /// A plan variable: `${K}` in the plan becomes V (repeatable).
+    #[arg(long = "var", value_name = "K=V", conflicts_with = "tasks")]
+    pub(crate) vars: Vec<String>,
+    /// Where runs are kept [default: $HIVE_STATE_DIR, else the config's, else .hive].
+    #[arg(long, value_name = "DIR", conflicts_with = "tasks")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Run steps with `cache` even when an earlier success matches (and store the new result).
+    #[arg(long, conflicts_with = "tasks")]
+    pub(crate) no_cache: bool,
     /// Config file with agent pools for tasks that name a `role`.
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Append every event to this file as JSON Lines.
     #[arg(long, value_name = "FILE")]
-    events: Option<PathBuf>,
+    pub(crate) events: Option<PathBuf>,
     /// Print one JSON object (OrchestrationResult) on stdout instead of a summary.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// No progress output.
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -117,7 +131,7 @@ fn positive_secs(what: &str, v: f64) -> Result<Duration, Exit> {
 
 /// Parses and checks the task list; every error names the task and the field.
 fn parse_tasks(args: &RunArgs) -> Result<Vec<(String, TaskLine)>, Exit> {
-    let (source, text) = read_tasks(&args.tasks)?;
+    let (source, text) = read_tasks(args.tasks.as_deref().unwrap_or_default())?;
     let lines: Vec<TaskLine> = serde_json::from_str(&text).map_err(|e| {
         Exit::bad_input(format!(
             "{source}: invalid task list: {e} (expected a JSON array of {{\"command\": ..., \"args\": [...]}} objects)"
@@ -188,6 +202,15 @@ fn payload_of(t: &TaskLine) -> Value {
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
+    match (&args.plan, &args.tasks) {
+        (Some(_), None) => return crate::plan_cmd::run(args).await,
+        (None, Some(_)) => {}
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(Exit::bad_input(
+                "hive run needs exactly one of PLAN (a plan file) or --tasks JSON|@FILE",
+            ))
+        }
+    }
     let timeout = positive_secs("--timeout", args.timeout)?;
     if !(args.retry_delay.is_finite() && args.retry_delay >= 0.0) {
         return Err(Exit::bad_input(format!(
@@ -216,12 +239,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         }
     }
 
-    let mut builder = match &config {
-        Some(c) => c.kernel_builder(),
-        None => Kernel::builder(),
-    };
-    builder.default_timeout(timeout);
-    let kernel = builder.build()?;
+    let kernel = crate::setup::build_kernel(config.as_ref(), |b| {
+        b.default_timeout(timeout);
+    })?;
     let sink = match &args.events {
         Some(p) => Some(
             kernel
@@ -244,19 +264,16 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         kernel
             .spawn_agent(
                 AgentSpec::new(LOCAL_ROLE, ProcessDriver::new(pc).shared())
-                    .with_capacity(args.max_concurrency),
+                    .with_capacity(args.max_concurrency.unwrap_or(4)),
             )
             .await
             .map_err(|e| Exit::failed(e.to_string()))?;
     }
-    for pool in pools.iter().filter(|p| wanted.contains(&*p.role)) {
-        kernel.declare_role(&*pool.role, pool.role_config)?;
-        for _ in 0..pool.size {
-            if let Err(e) = kernel.spawn_agent(pool.spec.clone()).await {
-                kernel.shutdown(ShutdownMode::Now).await;
-                return Err(Exit::failed(e.to_string()));
-            }
-        }
+    let failures =
+        crate::setup::spawn_pools(&kernel, pools.iter().filter(|p| wanted.contains(&*p.role))).await?;
+    if let Some(first) = failures.first() {
+        kernel.shutdown(ShutdownMode::Now).await;
+        return Err(Exit::failed(first.clone()));
     }
 
     let specs: Vec<TaskSpec> = tasks
@@ -289,7 +306,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         .iter()
         .filter_map(|(_, t)| t.cost)
         .fold(0.0, |a, c| a + c);
-    let opts = BatchOptions::new(args.max_concurrency as usize)
+    let opts = BatchOptions::new(args.max_concurrency.unwrap_or(4) as usize)
         .cancellation(match args.cancellation {
             CancellationArg::Cascading => Cancellation::Cascading,
             CancellationArg::Isolated => Cancellation::Isolated,

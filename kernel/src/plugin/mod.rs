@@ -1,0 +1,10 @@
+//! Plugins on the kernel's side: loading libraries, the host handle the kernel gives them,
+//! and the dispatch of their hooks.
+
+mod host;
+mod loader;
+mod set;
+
+pub use loader::{inspect, search_path, LoadErrorKind, PluginLoadError, PluginManifest};
+pub(crate) use set::{abi_target, kernel_target, PluginSet};
+pub use set::{PluginHealth, PluginSpec, QuarantinePolicy};

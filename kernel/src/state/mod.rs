@@ -1,0 +1,678 @@
+//! Durable state of plan runs: a SQLite database (WAL) in the state directory with runs,
+//! steps, attempts, events and the step cache, written by one writer thread in batched
+//! transactions, plus a JSON Lines event file per run. Layout of a state directory:
+//!
+//! ```text
+//! .hive/state.db (+ -wal, -shm)     runs, steps, attempts, events, cache
+//! .hive/runs/RUN_ID.jsonl           the run's events, one JSON object per line
+//! .hive/runs/RUN_ID.lock            flock held by the process executing the run
+//! .hive/runs/RUN_ID/                step scratch (outputs files)
+//! ```
+
+mod db;
+mod lock;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::Timestamp;
+use crate::task::Status;
+
+pub use lock::RunLock;
+pub(crate) use lock::{new_run_id, valid_run_id};
+pub(crate) use writer::{AttemptEnd, CacheEntry, Finish, Op, RunRow, StepRow, Update, Writer};
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The state directory or a file in it could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database file is not a Hive state database (or is damaged).
+    #[error("{}: the state database is corrupt or not a database ({message}); move it away or pass another --state-dir", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message.
+        message: String,
+    },
+    /// Another process holds the database locked for longer than the busy timeout (5 s).
+    #[error("{}: the state database is locked by another process (busy for more than 5 s)", path.display())]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Another SQLite error.
+    #[error("{}: {message}", path.display())]
+    Sql {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message.
+        message: String,
+    },
+    /// No run has this id.
+    #[error("no run `{0}` in this state directory (see `hive runs`)")]
+    NoSuchRun(String),
+    /// Another live process is executing this run.
+    #[error("run `{run}` is being executed by another hive process{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    RunBusy {
+        /// The run.
+        run: String,
+        /// The process holding its lock, if known.
+        pid: Option<u32>,
+    },
+    /// The writer thread stopped (after an earlier error).
+    #[error("the state writer stopped: {0}")]
+    WriterGone(String),
+}
+
+macro_rules! word_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident = $s:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum $name { $($(#[$vdoc])* $v),* }
+
+        impl $name {
+            /// The snake_case word stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s),* }
+            }
+
+            /// Parses the stored word.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$v),)* _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+word_enum!(
+    /// Where a run is: `pending -> running -> succeeded | failed | cancelled`; a run found
+    /// `running` whose process is gone is shown as interrupted and can be resumed.
+    RunState {
+        /// Created, not started.
+        Pending = "pending",
+        /// Being executed (or interrupted, if no process holds its lock).
+        Running = "running",
+        /// Every step succeeded, was cached or skipped, or failed without being critical.
+        Succeeded = "succeeded",
+        /// A critical step failed, or steps were cancelled by an abort.
+        Failed = "failed",
+        /// Interrupted on purpose (Ctrl-C).
+        Cancelled = "cancelled",
+    }
+);
+
+word_enum!(
+    /// Where a step is: `pending -> running [-> retrying -> running]... -> succeeded | failed |
+    /// timed_out | cancelled`, or straight from `pending` to `skipped`, `cached` or
+    /// `cancelled`.
+    StepState {
+        /// Waiting for its dependencies or a free slot.
+        Pending = "pending",
+        /// An attempt is in flight.
+        Running = "running",
+        /// An attempt failed; the next one waits for its backoff delay.
+        Retrying = "retrying",
+        /// It ran and succeeded.
+        Succeeded = "succeeded",
+        /// Its last attempt failed.
+        Failed = "failed",
+        /// Its last attempt ran out of time.
+        TimedOut = "timed_out",
+        /// Cancelled (an abort, or Ctrl-C).
+        Cancelled = "cancelled",
+        /// Not run: its condition was false, or a dependency failed or was skipped.
+        Skipped = "skipped",
+        /// Not run: an earlier identical success was reused.
+        Cached = "cached",
+    }
+);
+
+impl StepState {
+    /// Succeeded, failed, timed out, cancelled, skipped or cached.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            StepState::Pending | StepState::Running | StepState::Retrying
+        )
+    }
+
+    /// Succeeded or cached.
+    pub fn is_success(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Cached)
+    }
+
+    /// Whether the state machine allows going from `self` to `to`.
+    pub fn can_become(self, to: StepState) -> bool {
+        use StepState::*;
+        matches!(
+            (self, to),
+            (
+                Pending,
+                Running | Skipped | Cached | Cancelled | Succeeded | Failed
+            ) | (
+                Running,
+                Retrying | Succeeded | Failed | TimedOut | Cancelled
+            ) | (Retrying, Running | Cancelled)
+        )
+    }
+
+    /// The state of an ended kernel task.
+    pub fn from_status(s: Status) -> StepState {
+        match s {
+            Status::Succeeded => StepState::Succeeded,
+            Status::TimedOut => StepState::TimedOut,
+            Status::Cancelled => StepState::Cancelled,
+            Status::Skipped => StepState::Skipped,
+            Status::Cached => StepState::Cached,
+            _ => StepState::Failed,
+        }
+    }
+}
+
+impl RunState {
+    /// Succeeded, failed or cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+/// An event of a plan run (in the events table, the run's JSONL file, and to listeners).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// 1, 2, 3... within the run (continued by resumes).
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The run.
+    pub run: Arc<str>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: RunEventKind,
+}
+
+/// What happened in a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunEventKind {
+    /// The run started (or was resumed).
+    RunStarted {
+        /// The plan.
+        plan_id: String,
+        /// Steps of the plan.
+        steps: usize,
+        /// Whether this is a resume.
+        resumed: bool,
+    },
+    /// An attempt of a step started (its start is on disk before the work begins).
+    StepStarted {
+        /// The step (`ID`, or `ID[N]` for an item of a `for_each`).
+        step: Arc<str>,
+        /// 1-based, counting the run's earlier attempts.
+        attempt: u32,
+    },
+    /// An attempt failed; the step will be tried again after `delay_ms`.
+    StepRetrying {
+        /// The step.
+        step: Arc<str>,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The wait before the next attempt.
+        delay_ms: u64,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// A `for_each` step fanned out.
+    StepExpanded {
+        /// The step.
+        step: Arc<str>,
+        /// Its items.
+        items: usize,
+    },
+    /// A step ended (exactly once per step and run, resumes aside).
+    StepFinished {
+        /// The step.
+        step: Arc<str>,
+        /// How it ended.
+        state: StepState,
+        /// Attempts made so far in the run.
+        attempts: u32,
+        /// Run time of its last attempt, in milliseconds.
+        duration_ms: f64,
+        /// The exit status, for commands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Why it did not succeed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The run ended.
+    RunFinished {
+        /// How.
+        state: RunState,
+        /// Wall time of this execution (since the start or resume), in milliseconds.
+        duration_ms: f64,
+    },
+}
+
+impl RunEventKind {
+    /// The `type` word.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RunEventKind::RunStarted { .. } => "run_started",
+            RunEventKind::StepStarted { .. } => "step_started",
+            RunEventKind::StepRetrying { .. } => "step_retrying",
+            RunEventKind::StepExpanded { .. } => "step_expanded",
+            RunEventKind::StepFinished { .. } => "step_finished",
+            RunEventKind::RunFinished { .. } => "run_finished",
+        }
+    }
+
+    /// The step it concerns.
+    pub fn step(&self) -> Option<&Arc<str>> {
+        match self {
+            RunEventKind::StepStarted { step, .. }
+            | RunEventKind::StepRetrying { step, .. }
+            | RunEventKind::StepExpanded { step, .. }
+            | RunEventKind::StepFinished { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// `plan_id` of its plan.
+    pub plan_id: String,
+    /// `version` of its plan.
+    pub plan_version: String,
+    /// The plan file (absolute).
+    pub plan_path: PathBuf,
+    /// SHA-256 of the plan file when the run started (or was force-resumed).
+    pub plan_hash: String,
+    /// The `--var` values.
+    pub vars: BTreeMap<String, String>,
+    /// The settings it was started with (as the caller stored them).
+    pub options: Value,
+    /// Its state.
+    pub state: RunState,
+    /// `running`, but no process executes it: killed or crashed; `hive resume` finishes it.
+    pub interrupted: bool,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it (last) started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// How many times it was resumed.
+    pub resumes: u32,
+    /// The plan's `metadata`.
+    pub metadata: Value,
+}
+
+impl RunRecord {
+    /// The state word to show: `interrupted` for a dead `running` run.
+    pub fn shown_state(&self) -> &'static str {
+        if self.interrupted {
+            "interrupted"
+        } else {
+            self.state.as_str()
+        }
+    }
+}
+
+/// A step of a run as stored.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct StepRecord {
+    /// `ID`, or `ID[N]` for item N of a `for_each`.
+    pub step_id: String,
+    /// Plan order.
+    pub ord: i64,
+    /// The `for_each` step of an item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The item, for items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: StepState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When its last attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Exit status of its last attempt, for commands.
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub error: Option<String>,
+    /// The outputs it emitted.
+    pub outputs: Option<Value>,
+    /// Its result (for commands: stdout and stderr tails).
+    pub result: Option<Value>,
+    /// Its cache key, if `cache` was on.
+    pub cache_key: Option<String>,
+    /// Its number in the run (plan order, then items).
+    pub step_no: u32,
+}
+
+/// One attempt as stored.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct AttemptRow {
+    /// The step.
+    pub step_id: String,
+    /// 1-based.
+    pub attempt: u32,
+    /// `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `agent_lost`, or
+    /// `interrupted` (the process running it died).
+    pub state: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Exit status, for commands.
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The agent that ran it.
+    pub agent: Option<String>,
+}
+
+pub(crate) fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+fn parse_ts(s: Option<String>) -> Option<Timestamp> {
+    s.and_then(|s| humantime::parse_rfc3339(&s).ok().map(Timestamp::from))
+}
+
+fn parse_json(s: Option<String>) -> Option<Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// A state directory: its database (opened once for reads) and its files.
+pub struct StateStore {
+    dir: PathBuf,
+    db: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens the state directory `dir`, creating it and its database if needed.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        std::fs::create_dir_all(dir.join("runs")).map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = dir.join("state.db");
+        let conn = db::open(&db, true)?;
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+            db,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens an existing state directory; `None` if it has no database yet.
+    pub fn open_existing(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        if !dir.join("state.db").exists() {
+            return Ok(None);
+        }
+        Self::open(dir).map(Some)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    /// The run's JSON Lines event file.
+    pub fn events_path(&self, run: &str) -> PathBuf {
+        self.dir.join("runs").join(format!("{run}.jsonl"))
+    }
+
+    /// The run's scratch directory (step outputs files).
+    pub fn run_dir(&self, run: &str) -> PathBuf {
+        self.dir.join("runs").join(run)
+    }
+
+    fn m(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |e| db::map_err(&self.db, e)
+    }
+
+    /// Takes the lock of run `id` (see [`RunLock`]).
+    pub fn lock_run(&self, id: &str) -> Result<RunLock, StateError> {
+        RunLock::acquire(&self.dir.join("runs"), id)
+    }
+
+    /// Starts a writer thread for run `run` (its own connection).
+    pub(crate) fn writer(
+        &self,
+        run: &str,
+        listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
+    ) -> Result<Writer, StateError> {
+        let run_no = self.run_no(run).ok();
+        let conn = db::open(&self.db, true)?;
+        Writer::start(conn, self.db.clone(), self.events_path(run), run_no, listener)
+    }
+
+    /// The number of run `id` (`runs.run_no`).
+    fn run_no(&self, id: &str) -> Result<i64, StateError> {
+        let conn = self.conn.lock();
+        conn.query_row("SELECT run_no FROM runs WHERE run_id = ?1", [id], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map_err(self.m())?
+        .ok_or_else(|| StateError::NoSuchRun(id.to_string()))
+    }
+
+    const RUN_COLS: &'static str = "run_id, plan_id, plan_version, plan_path, plan_hash, vars, options, state, created_at, started_at, finished_at, resumes, metadata";
+
+    fn run_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+        let state: String = r.get(7)?;
+        let run_id: String = r.get(0)?;
+        let state = RunState::parse(&state).unwrap_or(RunState::Failed);
+        let interrupted =
+            state == RunState::Running && !RunLock::held(&self.dir.join("runs"), &run_id);
+        Ok(RunRecord {
+            plan_id: r.get(1)?,
+            plan_version: r.get(2)?,
+            plan_path: PathBuf::from(r.get::<_, String>(3)?),
+            plan_hash: r.get(4)?,
+            vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+            options: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or(Value::Null),
+            state,
+            interrupted,
+            created_at: parse_ts(r.get(8)?).unwrap_or_default(),
+            started_at: parse_ts(r.get(9)?),
+            finished_at: parse_ts(r.get(10)?),
+            resumes: r.get(11)?,
+            metadata: parse_json(r.get(12)?).unwrap_or(Value::Null),
+            run_id,
+        })
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StateError> {
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {} FROM runs ORDER BY created_at, run_id",
+                Self::RUN_COLS
+            ))
+            .map_err(self.m())?;
+        let rows = st
+            .query_map([], |r| self.run_row(r))
+            .map_err(self.m())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.m())?;
+        Ok(rows)
+    }
+
+    /// One run.
+    pub fn run(&self, id: &str) -> Result<RunRecord, StateError> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            &format!("SELECT {} FROM runs WHERE run_id = ?1", Self::RUN_COLS),
+            [id],
+            |r| self.run_row(r),
+        )
+        .optional()
+        .map_err(self.m())?
+        .ok_or_else(|| StateError::NoSuchRun(id.to_string()))
+    }
+
+    /// The steps of a run, in plan order (items after their step).
+    pub fn steps(&self, id: &str) -> Result<Vec<StepRecord>, StateError> {
+        let (lo, hi) = db::step_range(self.run_no(id)?);
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare(
+                "SELECT step_id, ord, parent, item, name, state, attempts, started_at, finished_at, \
+                 exit_code, error, outputs, result, cache_key, step_no FROM steps \
+                 WHERE id BETWEEN ?1 AND ?2 ORDER BY ord, step_no",
+            )
+            .map_err(self.m())?;
+        let rows = st
+            .query_map(rusqlite::params![lo, hi], |r| {
+                let state: String = r.get(5)?;
+                Ok(StepRecord {
+                    step_id: r.get(0)?,
+                    ord: r.get(1)?,
+                    parent: r.get(2)?,
+                    item: parse_json(r.get(3)?),
+                    name: r.get(4)?,
+                    state: StepState::parse(&state).unwrap_or(StepState::Pending),
+                    attempts: r.get(6)?,
+                    started_at: parse_ts(r.get(7)?),
+                    finished_at: parse_ts(r.get(8)?),
+                    exit_code: r.get(9)?,
+                    error: r.get(10)?,
+                    outputs: parse_json(r.get(11)?),
+                    result: parse_json(r.get(12)?),
+                    cache_key: r.get(13)?,
+                    step_no: r.get(14)?,
+                })
+            })
+            .map_err(self.m())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.m())?;
+        Ok(rows)
+    }
+
+    /// The attempts of a run, by step (in step order) then attempt.
+    pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, StateError> {
+        let (lo, hi) = db::attempt_range(self.run_no(id)?);
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare(
+                "SELECT s.step_id, a.attempt, a.state, a.started_at, a.finished_at, a.exit_code, a.error, a.agent \
+                 FROM attempts a JOIN steps s ON s.id = ((a.run_no << 32) | a.step_no) \
+                 WHERE a.id BETWEEN ?1 AND ?2 ORDER BY a.id",
+            )
+            .map_err(self.m())?;
+        let rows = st
+            .query_map(rusqlite::params![lo, hi], |r| {
+                Ok(AttemptRow {
+                    step_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    state: r.get(2)?,
+                    started_at: parse_ts(r.get(3)?).unwrap_or_default(),
+                    finished_at: parse_ts(r.get(4)?),
+                    exit_code: r.get(5)?,
+                    error: r.get(6)?,
+                    agent: r.get(7)?,
+                })
+            })
+            .map_err(self.m())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.m())?;
+        Ok(rows)
+    }
+
+    /// Events of a run with `seq > after`, in order, as their JSON text.
+    pub fn events_after(&self, id: &str, after: u64) -> Result<Vec<(u64, String)>, StateError> {
+        let run_no = self.run_no(id)?;
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare("SELECT seq, data FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id")
+            .map_err(self.m())?;
+        let rows = st
+            .query_map(
+                rusqlite::params![db::event_key(run_no, after), db::event_key(run_no, u64::MAX)],
+                |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(self.m())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.m())?;
+        Ok(rows)
+    }
+
+    /// The last event seq of a run (0 if none).
+    pub(crate) fn last_seq(&self, id: &str) -> Result<u64, StateError> {
+        let run_no = self.run_no(id)?;
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE id BETWEEN ?1 AND ?2",
+            rusqlite::params![db::event_key(run_no, 0), db::event_key(run_no, u64::MAX)],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(self.m())
+    }
+
+    /// Whether some process is executing run `id` now.
+    pub fn is_running_now(&self, id: &str) -> bool {
+        RunLock::held(&self.dir.join("runs"), id)
+    }
+}

@@ -1,0 +1,350 @@
+//! The SDK: what a plugin author writes against. Implement [`HivePlugin`] (plain Rust,
+//! `Result`s, default hooks) and export it with [`export_plugin!`]. The SDK wraps every hook
+//! in `catch_unwind`, so a panic becomes an error the kernel counts (never an abort), and
+//! installs a tracing subscriber in the plugin's own copy of `tracing` that forwards events
+//! to the kernel's log under the plugin's name.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, RResult, RStr, RString},
+};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+use crate::types::*;
+use crate::{HostHandle, Plugin, PluginBox, Plugin_TO};
+
+/// What a plugin gets to talk to the kernel. Every call returns at once.
+#[derive(Clone)]
+pub struct PluginContext {
+    host: HostHandle,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for PluginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginContext").field("name", &self.name).finish()
+    }
+}
+
+impl PluginContext {
+    /// The plugin's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// Logs a line (plugins may also just use `tracing::info!` and friends).
+    pub fn log(&self, level: LogLevel, message: &str) {
+        self.host.log(level, RStr::from(message));
+    }
+    /// Reports a metric.
+    pub fn metric(&self, name: &str, value: f64) {
+        self.host.metric(RStr::from(name), value);
+    }
+    /// Queues the spawn of one more agent of `role` (like its pool in the config).
+    pub fn spawn_agent(&self, role: &str) -> Result<u64, PluginError> {
+        self.host.spawn_agent(RStr::from(role)).into_result()
+    }
+    /// Queues the shutdown of an agent.
+    pub fn shutdown_agent(&self, agent: u64, graceful: bool) -> Result<(), PluginError> {
+        self.host.shutdown_agent(agent, graceful).into_result()
+    }
+    /// Queues a task (`{"role": .., "payload": ..}`); returns its id.
+    pub fn submit_task(&self, request_json: &str) -> Result<u64, PluginError> {
+        self.host.submit_task(RStr::from(request_json)).into_result()
+    }
+    /// The kernel's health report as JSON.
+    pub fn health_json(&self) -> String {
+        self.host.health_json().into_string()
+    }
+}
+
+/// A plugin, as its author writes it. Only the hooks in `HOOKS` are called; all take
+/// `&self` (use interior mutability): decision hooks run concurrently on the kernel's worker
+/// threads, observer hooks on the plugin's own thread.
+pub trait HivePlugin: Send + Sync + Sized + 'static {
+    /// Unique name.
+    const NAME: &'static str;
+    /// The plugin's own version.
+    const VERSION: &'static str;
+    /// One line about it.
+    const DESCRIPTION: &'static str = "";
+    /// The hooks it subscribes to.
+    const HOOKS: Hooks;
+
+    /// Builds an instance from its config (a JSON object; `{}` when none). Refuse a bad
+    /// config with [`PluginError::config`].
+    fn new(config_json: &str, ctx: PluginContext) -> Result<Self, PluginError>;
+
+    /// See [`Plugin::on_agent_spawned`].
+    fn on_agent_spawned(&self, _e: &AgentEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_agent_state_changed`].
+    fn on_agent_state_changed(&self, _e: &AgentStateChange) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_agent_failed`].
+    fn on_agent_failed(&self, _e: &AgentFailure) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_task_submitted`].
+    fn on_task_submitted(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_task_delegated`].
+    fn on_task_delegated(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_task_started`].
+    fn on_task_started(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_task_completed`].
+    fn on_task_completed(&self, _e: &TaskCompletion) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_performance_metric`].
+    fn on_performance_metric(&self, _e: &Metric) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_run_started`].
+    fn on_run_started(&self, _e: &RunEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::on_run_finished`].
+    fn on_run_finished(&self, _e: &RunEvent) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::before_delegate`].
+    fn before_delegate(&self, _r: &DelegateRequest<'_>) -> Result<Delegate, PluginError> {
+        Ok(Delegate::Continue)
+    }
+    /// See [`Plugin::on_task_failed`].
+    fn on_task_failed(&self, _f: &FailureInfo<'_>) -> Result<OnFailure, PluginError> {
+        Ok(OnFailure::Default)
+    }
+    /// The plugin's state as a JSON object.
+    fn status(&self) -> String {
+        "{}".into()
+    }
+    /// The kernel is shutting down.
+    fn shutdown(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// Runs a hook, turning a panic into a `PANIC` error.
+fn guard<T>(hook: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => ROk(v),
+        Ok(Err(e)) => RErr(e),
+        Err(p) => RErr(PluginError::new(
+            ErrorKind::PANIC,
+            format!("panicked in {hook}: {}", panic_message(&*p)),
+        )),
+    }
+}
+
+/// The `#[sabi_trait] Plugin` implementation around a [`HivePlugin`].
+struct Guarded<P>(P);
+
+impl<P: HivePlugin> Plugin for Guarded<P> {
+    fn on_agent_spawned(&self, e: &AgentEvent) -> RResult<(), PluginError> {
+        guard("on_agent_spawned", || self.0.on_agent_spawned(e))
+    }
+    fn on_agent_state_changed(&self, e: &AgentStateChange) -> RResult<(), PluginError> {
+        guard("on_agent_state_changed", || self.0.on_agent_state_changed(e))
+    }
+    fn on_agent_failed(&self, e: &AgentFailure) -> RResult<(), PluginError> {
+        guard("on_agent_failed", || self.0.on_agent_failed(e))
+    }
+    fn on_task_submitted(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+        guard("on_task_submitted", || self.0.on_task_submitted(e))
+    }
+    fn on_task_delegated(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+        guard("on_task_delegated", || self.0.on_task_delegated(e))
+    }
+    fn on_task_started(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+        guard("on_task_started", || self.0.on_task_started(e))
+    }
+    fn on_task_completed(&self, e: &TaskCompletion) -> RResult<(), PluginError> {
+        guard("on_task_completed", || self.0.on_task_completed(e))
+    }
+    fn on_performance_metric(&self, e: &Metric) -> RResult<(), PluginError> {
+        guard("on_performance_metric", || self.0.on_performance_metric(e))
+    }
+    fn before_delegate(&self, r: &DelegateRequest<'_>) -> RResult<Delegate_NE, PluginError> {
+        guard("before_delegate", || self.0.before_delegate(r).map(Delegate_NE::new))
+    }
+    fn on_task_failed(&self, f: &FailureInfo<'_>) -> RResult<OnFailure_NE, PluginError> {
+        guard("on_task_failed", || self.0.on_task_failed(f).map(OnFailure_NE::new))
+    }
+    fn status(&self) -> RString {
+        match catch_unwind(AssertUnwindSafe(|| self.0.status())) {
+            Ok(s) => RString::from(s),
+            Err(p) => RString::from(format!(
+                "{{\"error\": \"status panicked: {}\"}}",
+                panic_message(&*p).replace('"', "'")
+            )),
+        }
+    }
+    fn shutdown(&self) -> RResult<(), PluginError> {
+        guard("shutdown", || self.0.shutdown())
+    }
+    fn on_run_started(&self, e: &RunEvent) -> RResult<(), PluginError> {
+        guard("on_run_started", || self.0.on_run_started(e))
+    }
+    fn on_run_finished(&self, e: &RunEvent) -> RResult<(), PluginError> {
+        guard("on_run_finished", || self.0.on_run_finished(e))
+    }
+}
+
+/// The manifest of `P` (used by [`export_plugin!`]).
+pub fn manifest_of<P: HivePlugin>() -> Manifest {
+    Manifest {
+        name: P::NAME.into(),
+        version: P::VERSION.into(),
+        api_version: crate::API_VERSION.into(),
+        hooks: P::HOOKS,
+        description: P::DESCRIPTION.into(),
+    }
+}
+
+/// Builds `P` behind the panic guard and installs the tracing forwarder (used by
+/// [`export_plugin!`]).
+pub fn instantiate<P: HivePlugin>(config: RStr<'_>, host: HostHandle) -> RResult<PluginBox, PluginError> {
+    static TRACING: Once = Once::new();
+    let forward = host.clone();
+    TRACING.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(ForwardLayer {
+            host: forward,
+        });
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        // This library's own panic hook: report through the kernel's log (with the plugin's
+        // name) instead of printing a backtrace on the host's stderr. The panic itself is
+        // caught by the hook wrapper and counted by the kernel.
+        std::panic::set_hook(Box::new(|info| tracing::error!("plugin panicked: {info}")));
+    });
+    let ctx = PluginContext {
+        host,
+        name: P::NAME,
+    };
+    let cfg = config.as_str();
+    let cfg = if cfg.trim().is_empty() { "{}" } else { cfg };
+    match catch_unwind(AssertUnwindSafe(|| P::new(cfg, ctx))) {
+        Ok(Ok(p)) => ROk(Plugin_TO::from_value(Guarded(p), TD_Opaque)),
+        Ok(Err(e)) => RErr(e),
+        Err(p) => RErr(PluginError::init(format!("panicked while starting: {}", panic_message(&*p)))),
+    }
+}
+
+/// A tracing layer that forwards a plugin's events to the kernel's log (the kernel adds
+/// the plugin's name). Installed by the SDK in the plugin's own copy of `tracing`.
+pub struct ForwardLayer {
+    host: HostHandle,
+}
+
+impl std::fmt::Debug for ForwardLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardLayer")
+    }
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{}{value:?}", if self.0.is_empty() { "" } else { " " });
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            self.0.push_str(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => LogLevel::ERROR,
+            tracing::Level::WARN => LogLevel::WARN,
+            tracing::Level::INFO => LogLevel::INFO,
+            tracing::Level::DEBUG => LogLevel::DEBUG,
+            _ => LogLevel::TRACE,
+        };
+        self.host.log(level, RStr::from(fields.0.trim()));
+    }
+}
+
+/// Exports a [`HivePlugin`] as the root module of this library (a `cdylib`). The plugin
+/// crate depends on `hive-plugin-api` only.
+///
+/// ```ignore
+/// hive_plugin_api::export_plugin!(MyPlugin);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        /// The library header abi_stable's loader looks for (what `#[export_root_module]`
+        /// generates, spelled out so that the plugin needs no direct abi_stable dependency).
+        #[doc(hidden)]
+        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+        pub static HIVE_PLUGIN_LIB_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn __hive_erased_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__hive_root_module)
+            }
+            // SAFETY: the constructor returns the `PluginMod_Ref` this header is typed with.
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::PluginMod_Ref>(
+                    __hive_erased_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+
+        fn __hive_root_module() -> $crate::PluginMod_Ref {
+            use $crate::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::PluginMod {
+                manifest: __hive_manifest,
+                new: __hive_new,
+            }
+            .leak_into_prefix()
+        }
+
+        extern "C" fn __hive_manifest() -> $crate::Manifest {
+            $crate::manifest_of::<$plugin>()
+        }
+
+        extern "C" fn __hive_new(
+            config: $crate::abi_stable::std_types::RStr<'_>,
+            host: $crate::HostHandle,
+        ) -> $crate::abi_stable::std_types::RResult<$crate::PluginBox, $crate::PluginError> {
+            $crate::instantiate::<$plugin>(config, host)
+        }
+    };
+}

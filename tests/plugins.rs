@@ -1,0 +1,319 @@
+//! Plugins through the real loader, on real `.so` files built from the workspace: every hook
+//! in order, panics contained and quarantined, slow observers not slowing dispatch, decision
+//! hooks changing what the router does, host commands, and every class of load error.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hive_kernel::{
+    AgentSpec, Event, InprocDriver, Kernel, LoadErrorKind, Outcome, PluginSpec, QuarantinePolicy,
+    RetryPolicy, ShutdownMode, Status, TaskError, TaskSpec,
+};
+use hive_tests::{plugin_lib, scratch};
+use serde_json::{json, Value};
+
+fn testkit(config: Value) -> PluginSpec {
+    PluginSpec::path(plugin_lib("hive_testkit")).with_config(config)
+}
+
+/// A kernel with `plugins` loaded, then one inproc agent of role `w` (its template
+/// registered). The agent echoes its id, fails when the payload says `{"fail": msg}`, and
+/// counts its calls.
+async fn kernel_with(plugins: &[PluginSpec], policy: QuarantinePolicy) -> (Kernel, Arc<AtomicUsize>) {
+    let k = Kernel::builder().event_capacity(1 << 14).build().expect("kernel");
+    k.load_plugins(plugins, policy, Path::new(".")).expect("plugins load");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let d = InprocDriver::new(move |t| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match t.payload.get("fail").and_then(Value::as_str) {
+                Some(msg) => Err(TaskError::new(msg)),
+                None => Ok(json!({"agent": t.agent.get()})),
+            }
+        }
+    });
+    let spec = AgentSpec::new("w", d.shared());
+    k.register_template(spec.clone());
+    k.spawn_agent(spec).await.expect("spawn");
+    (k, calls)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_plugin_sees_every_hook_in_order() {
+    let dir = scratch("plugin-record");
+    let rec = dir.join("calls.log");
+    let (k, _) = kernel_with(&[testkit(json!({"record": rec}))], QuarantinePolicy::default()).await;
+    let ok = k.run(TaskSpec::for_role("w", json!({})).with_name("t1")).await.expect("t1");
+    let bad = k.run(TaskSpec::for_role("w", json!({"fail": "boom"})).with_name("t2")).await.expect("t2");
+    assert_eq!(ok.status(), Status::Succeeded);
+    assert_eq!(bad.status(), Status::Failed);
+    k.shutdown(ShutdownMode::Graceful).await;
+    let all = lines(&rec);
+    let (t1, t2) = (ok.id.get(), bad.id.get());
+    // Decision hooks run inline on the dispatching thread; observers on the plugin's thread,
+    // in event order. Check each sequence on its own.
+    let decisions: Vec<&String> = all.iter().filter(|l| l.starts_with("before_delegate") || l.starts_with("on_task_failed")).collect();
+    assert_eq!(
+        decisions,
+        vec![&format!("before_delegate {t1} t1 1"), &format!("before_delegate {t2} t2 1"), &format!("on_task_failed {t2} 1 boom")]
+    );
+    let observed: Vec<&String> = all.iter().filter(|l| !l.starts_with("before_delegate") && !l.starts_with("on_task_failed")).collect();
+    let expected: Vec<String> = vec![
+        "agent_spawned 1 w".into(),
+        "agent_state_changed 1 starting ready".into(),
+        format!("task_submitted {t1} t1 role:w"),
+        "agent_state_changed 1 ready busy".into(),
+        format!("task_delegated {t1} t1 1"),
+        format!("task_started {t1} t1 1"),
+        format!("task_completed {t1} t1 succeeded"),
+        "agent_state_changed 1 busy ready".into(),
+        format!("task_submitted {t2} t2 role:w"),
+        "agent_state_changed 1 ready busy".into(),
+        format!("task_delegated {t2} t2 1"),
+        format!("task_started {t2} t2 1"),
+        format!("task_completed {t2} t2 failed"),
+        "agent_state_changed 1 busy ready".into(),
+        "agent_state_changed 1 ready draining".into(),
+        "agent_state_changed 1 draining stopped".into(),
+        "shutdown ".into(),
+    ];
+    assert_eq!(observed, expected.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_plugin_is_quarantined_and_the_kernel_carries_on() {
+    let (k, calls) = kernel_with(
+        &[testkit(json!({"panic": "all"}))],
+        QuarantinePolicy::new(3, Duration::from_secs(60)),
+    )
+    .await;
+    for i in 0..20 {
+        let r = k.run(TaskSpec::for_role("w", json!({})).with_name(format!("t{i}"))).await.expect("run");
+        assert_eq!(r.status(), Status::Succeeded, "task {i}: {r:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 20);
+    assert!(
+        eventually(Duration::from_secs(5), || k.health().plugins[0].state == "quarantined").await,
+        "{:?}",
+        k.health().plugins
+    );
+    let p = &k.health().plugins[0];
+    assert!(p.errors >= 3, "{p:?}");
+    let reason = p.reason.clone().unwrap_or_default();
+    assert!(reason.contains("panicked in"), "{reason}");
+    assert_eq!(k.health().status, "degraded");
+    k.shutdown(ShutdownMode::Graceful).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
+    let k = Kernel::builder().event_capacity(64).queue_capacity(100_000).build().expect("kernel");
+    k.load_plugins(
+        &[testkit(json!({"sleep_in": ["task_completed"], "sleep_ms": 1000})).with_hooks(vec!["task_completed".into()])],
+        QuarantinePolicy::default(),
+        Path::new("."),
+    )
+    .expect("load");
+    let d = InprocDriver::new(|_| async { Ok(Value::Null) });
+    for _ in 0..4 {
+        k.spawn_agent(AgentSpec::new("w", d.clone().shared())).await.expect("spawn");
+    }
+    let t0 = Instant::now();
+    let specs = (0..5000).map(|_| TaskSpec::for_role("w", Value::Null)).collect();
+    let r = k.run_batch(specs, hive_kernel::BatchOptions::new(64)).await;
+    assert!(r.all_succeeded());
+    assert!(t0.elapsed() < Duration::from_secs(5), "dispatch waited for the plugin: {:?}", t0.elapsed());
+    assert!(
+        eventually(Duration::from_secs(3), || k.health().plugins[0].dropped > 0).await,
+        "{:?}",
+        k.health().plugins
+    );
+    assert_eq!(k.health().plugins[0].hooks, vec!["task_completed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_hooks_change_what_the_router_does() {
+    let rules = json!({
+        "delegate": [
+            {"name": "sc", "do": "short_circuit", "output": {"from": "cache"}},
+            {"name": "rj", "do": "reject", "reason": "over budget"},
+            {"name": "df", "do": "defer", "ms": 200},
+            {"name": "rr", "do": "reroute", "role": "b"},
+            {"name": "loop", "do": "reroute_forever", "role": "w"}
+        ],
+        "on_failed": [
+            {"error_contains": "fallback-me", "do": "fallback", "output": {"degraded": true}},
+            {"error_contains": "flaky", "do": "retry_after", "ms": 20},
+            {"error_contains": "hopeless", "do": "give_up"}
+        ]
+    });
+    let (k, calls) = kernel_with(&[testkit(rules)], QuarantinePolicy::default()).await;
+    let b_driver = InprocDriver::new(|t| async move { Ok(json!({"agent": t.agent.get(), "role": "b"})) });
+    let b = k.spawn_agent(AgentSpec::new("b", b_driver.shared())).await.expect("b");
+
+    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("sc")).await.expect("sc");
+    assert_eq!(r.outcome, Outcome::Succeeded(json!({"from": "cache"})));
+    assert!(r.attempts.is_empty(), "short-circuited: no attempt ran");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("rj")).await.expect("rj");
+    assert!(matches!(&r.outcome, Outcome::Failed(e) if e.message.contains("rejected by plugin testkit: over budget")), "{r:?}");
+
+    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("df")).await.expect("df");
+    assert_eq!(r.status(), Status::Succeeded);
+    let waited = r.attempts[0].started_at.since(r.queued_at);
+    assert!(waited >= Duration::from_millis(200), "deferred only {waited:?}");
+    assert_eq!(r.attempts.len(), 1, "a deferral is not an attempt");
+
+    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("rr")).await.expect("rr");
+    let Outcome::Succeeded(v) = &r.outcome else { panic!("{r:?}") };
+    assert_eq!(v["agent"], json!(b.get()), "rerouted to role b");
+
+    let r = tokio::time::timeout(Duration::from_secs(10), k.run(TaskSpec::for_role("w", json!({})).with_name("loop")))
+        .await
+        .expect("a plugin rerouting forever cannot livelock the task")
+        .expect("loop");
+    assert_eq!(r.status(), Status::Succeeded, "after the redirect cap the task runs");
+
+    let r = k.run(TaskSpec::for_role("w", json!({"fail": "fallback-me"}))).await.expect("fb");
+    assert_eq!(r.outcome, Outcome::Succeeded(json!({"degraded": true})));
+
+    let r = k.run(TaskSpec::for_role("w", json!({"fail": "flaky"}))).await.expect("flaky");
+    assert_eq!(r.status(), Status::Failed);
+    assert_eq!(r.attempts.len(), 10, "retry_after retries past a policy of one attempt, up to the limit");
+
+    let r = k
+        .run(TaskSpec::for_role("w", json!({"fail": "hopeless"})).with_retry(RetryPolicy::fixed(5, Duration::ZERO)))
+        .await
+        .expect("hopeless");
+    assert_eq!(r.attempts.len(), 1, "give_up stops the retries");
+    let d = &k.health().plugins[0];
+    assert!(d.decisions >= 8, "{d:?}");
+    k.shutdown(ShutdownMode::Graceful).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_spawns_an_agent_from_inside_a_hook_and_logs_through_tracing() {
+    let k0 = Kernel::builder().build().expect("kernel");
+    let mut ev = k0.subscribe();
+    k0.load_plugins(
+        &[testkit(json!({"spawn_on_completed": "w", "log": "hello from testkit"}))],
+        QuarantinePolicy::default(),
+        Path::new("."),
+    )
+    .expect("load");
+    let log = ev.try_recv().map(|e| e.event.clone());
+    assert!(
+        matches!(&log, Some(Event::PluginLog { plugin, message, .. }) if &**plugin == "testkit" && message.contains("hello from testkit") && message.contains("answer=42")),
+        "{log:?}"
+    );
+    let d = InprocDriver::new(|_| async { Ok(Value::Null) });
+    let spec = AgentSpec::new("w", d.shared());
+    k0.register_template(spec.clone());
+    k0.spawn_agent(spec).await.expect("spawn");
+    k0.run(TaskSpec::for_role("w", json!({}))).await.expect("run");
+    assert!(
+        eventually(Duration::from_secs(5), || k0.agents_with_role("w").len() == 2).await,
+        "the plugin's spawn_agent was applied"
+    );
+    k0.shutdown(ShutdownMode::Graceful).await;
+}
+
+fn load_err(spec: PluginSpec) -> hive_kernel::PluginLoadError {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        let k = Kernel::builder().build().expect("kernel");
+        k.load_plugins(&[spec], QuarantinePolicy::default(), Path::new(".")).expect_err("must not load")
+    })
+}
+
+fn system_library() -> PathBuf {
+    ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("a system shared library (libz or libm)")
+}
+
+#[test]
+fn every_load_failure_names_the_path_and_the_reason() {
+    let dir = scratch("plugin-errors");
+    let missing = dir.join("nope.so");
+    let e = load_err(PluginSpec::path(&missing));
+    assert_eq!(e.kind, LoadErrorKind::NotFound);
+    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+
+    let text = dir.join("notes.so");
+    std::fs::write(&text, "this is not a library\n").expect("write");
+    let e = load_err(PluginSpec::path(&text));
+    assert_eq!(e.kind, LoadErrorKind::NotSharedLibrary, "{e}");
+    assert!(e.to_string().contains("notes.so") && e.to_string().contains("not a shared library"), "{e}");
+
+    let lib = system_library();
+    let e = load_err(PluginSpec::path(&lib));
+    assert_eq!(e.kind, LoadErrorKind::NotAPlugin, "{e}");
+    assert!(e.to_string().contains("not a Hive plugin"), "{e}");
+
+    let e = load_err(testkit(json!({"refuse_config": true})));
+    assert_eq!(e.kind, LoadErrorKind::ConfigRefused);
+    assert!(e.to_string().contains("refused its config: `refuse_config` is set"), "{e}");
+    let e = load_err(testkit(json!({"fail_init": true})));
+    assert_eq!(e.kind, LoadErrorKind::InitFailed);
+    assert!(e.to_string().contains("cannot reach the test database"), "{e}");
+    let e = load_err(testkit(json!({"panic_init": true})));
+    assert_eq!(e.kind, LoadErrorKind::InitFailed);
+    assert!(e.to_string().contains("panicked while starting"), "{e}");
+    let e = load_err(PluginSpec::named("no-such-plugin-xyz"));
+    assert_eq!(e.kind, LoadErrorKind::NotFound);
+    assert!(e.to_string().contains("plugin search path"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_plugin_that_fails_is_a_warning_and_shows_in_health() {
+    let k = Kernel::builder().build().expect("kernel");
+    let warnings = k
+        .load_plugins(
+            &[
+                testkit(json!({})),
+                PluginSpec::path("/no/such/plugin.so").with_name("ghost").optional(),
+            ],
+            QuarantinePolicy::default(),
+            Path::new("."),
+        )
+        .expect("the required one loads");
+    assert_eq!(warnings.len(), 1);
+    let h = k.health();
+    assert_eq!(h.plugins.len(), 2);
+    assert_eq!(h.plugins[0].state, "loaded");
+    assert_eq!(h.plugins[0].status, json!({"calls": 0}));
+    assert_eq!((h.plugins[1].name.as_str(), h.plugins[1].state.as_str()), ("ghost", "failed"));
+    assert_eq!(h.status, "degraded");
+    let e = k
+        .load_plugins(&[testkit(json!({}))], QuarantinePolicy::default(), Path::new("."))
+        .expect_err("twice");
+    assert_eq!(e.kind, LoadErrorKind::Duplicate);
+    let k2 = Kernel::builder().build().expect("kernel");
+    let e = k2
+        .load_plugins(&[testkit(json!({})), testkit(json!({}))], QuarantinePolicy::default(), Path::new("."))
+        .expect_err("same name twice");
+    assert_eq!(e.kind, LoadErrorKind::Duplicate);
+    assert!(e.to_string().contains("already loaded"), "{e}");
+}
