@@ -21,9 +21,16 @@ fn testkit(config: Value) -> PluginSpec {
 /// A kernel with `plugins` loaded, then one inproc agent of role `w` (its template
 /// registered). The agent echoes its id, fails when the payload says `{"fail": msg}`, and
 /// counts its calls.
-async fn kernel_with(plugins: &[PluginSpec], policy: QuarantinePolicy) -> (Kernel, Arc<AtomicUsize>) {
-    let k = Kernel::builder().event_capacity(1 << 14).build().expect("kernel");
-    k.load_plugins(plugins, policy, Path::new(".")).expect("plugins load");
+async fn kernel_with(
+    plugins: &[PluginSpec],
+    policy: QuarantinePolicy,
+) -> (Kernel, Arc<AtomicUsize>) {
+    let k = Kernel::builder()
+        .event_capacity(1 << 14)
+        .build()
+        .expect("kernel");
+    k.load_plugins(plugins, policy, Path::new("."))
+        .expect("plugins load");
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
     let d = InprocDriver::new(move |t| {
@@ -42,7 +49,11 @@ async fn kernel_with(plugins: &[PluginSpec], policy: QuarantinePolicy) -> (Kerne
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -60,9 +71,31 @@ async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 async fn a_recording_plugin_sees_every_hook_in_order() {
     let dir = scratch("plugin-record");
     let rec = dir.join("calls.log");
-    let (k, _) = kernel_with(&[testkit(json!({"record": rec}))], QuarantinePolicy::default()).await;
-    let ok = k.run(TaskSpec::for_role("w", json!({})).with_name("t1")).await.expect("t1");
-    let bad = k.run(TaskSpec::for_role("w", json!({"fail": "boom"})).with_name("t2")).await.expect("t2");
+    let (k, _) = kernel_with(
+        &[testkit(json!({"record": rec}))],
+        QuarantinePolicy::default(),
+    )
+    .await;
+    let ok = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("t1"))
+        .await
+        .expect("t1");
+    // The agent hands its slot back just after the result: wait for Ready, so that t2 finds
+    // it idle (otherwise the worker takes t2 straight from the queue, never leaving Busy).
+    assert!(
+        eventually(Duration::from_secs(5), || k.agents()[0].state.name()
+            == "ready")
+        .await
+    );
+    let bad = k
+        .run(TaskSpec::for_role("w", json!({"fail": "boom"})).with_name("t2"))
+        .await
+        .expect("t2");
+    assert!(
+        eventually(Duration::from_secs(5), || k.agents()[0].state.name()
+            == "ready")
+        .await
+    );
     assert_eq!(ok.status(), Status::Succeeded);
     assert_eq!(bad.status(), Status::Failed);
     k.shutdown(ShutdownMode::Graceful).await;
@@ -70,12 +103,22 @@ async fn a_recording_plugin_sees_every_hook_in_order() {
     let (t1, t2) = (ok.id.get(), bad.id.get());
     // Decision hooks run inline on the dispatching thread; observers on the plugin's thread,
     // in event order. Check each sequence on its own.
-    let decisions: Vec<&String> = all.iter().filter(|l| l.starts_with("before_delegate") || l.starts_with("on_task_failed")).collect();
+    let decisions: Vec<&String> = all
+        .iter()
+        .filter(|l| l.starts_with("before_delegate") || l.starts_with("on_task_failed"))
+        .collect();
     assert_eq!(
         decisions,
-        vec![&format!("before_delegate {t1} t1 1"), &format!("before_delegate {t2} t2 1"), &format!("on_task_failed {t2} 1 boom")]
+        vec![
+            &format!("before_delegate {t1} t1 1"),
+            &format!("before_delegate {t2} t2 1"),
+            &format!("on_task_failed {t2} 1 boom")
+        ]
     );
-    let observed: Vec<&String> = all.iter().filter(|l| !l.starts_with("before_delegate") && !l.starts_with("on_task_failed")).collect();
+    let observed: Vec<&String> = all
+        .iter()
+        .filter(|l| !l.starts_with("before_delegate") && !l.starts_with("on_task_failed"))
+        .collect();
     let expected: Vec<String> = vec![
         "agent_spawned 1 w".into(),
         "agent_state_changed 1 starting ready".into(),
@@ -106,12 +149,17 @@ async fn a_panicking_plugin_is_quarantined_and_the_kernel_carries_on() {
     )
     .await;
     for i in 0..20 {
-        let r = k.run(TaskSpec::for_role("w", json!({})).with_name(format!("t{i}"))).await.expect("run");
+        let r = k
+            .run(TaskSpec::for_role("w", json!({})).with_name(format!("t{i}")))
+            .await
+            .expect("run");
         assert_eq!(r.status(), Status::Succeeded, "task {i}: {r:?}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 20);
     assert!(
-        eventually(Duration::from_secs(5), || k.health().plugins[0].state == "quarantined").await,
+        eventually(Duration::from_secs(5), || k.health().plugins[0].state
+            == "quarantined")
+        .await,
         "{:?}",
         k.health().plugins
     );
@@ -125,22 +173,37 @@ async fn a_panicking_plugin_is_quarantined_and_the_kernel_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
-    let k = Kernel::builder().event_capacity(64).queue_capacity(100_000).build().expect("kernel");
+    let k = Kernel::builder()
+        .event_capacity(64)
+        .queue_capacity(100_000)
+        .build()
+        .expect("kernel");
     k.load_plugins(
-        &[testkit(json!({"sleep_in": ["task_completed"], "sleep_ms": 1000})).with_hooks(vec!["task_completed".into()])],
+        &[
+            testkit(json!({"sleep_in": ["task_completed"], "sleep_ms": 1000}))
+                .with_hooks(vec!["task_completed".into()]),
+        ],
         QuarantinePolicy::default(),
         Path::new("."),
     )
     .expect("load");
     let d = InprocDriver::new(|_| async { Ok(Value::Null) });
     for _ in 0..4 {
-        k.spawn_agent(AgentSpec::new("w", d.clone().shared())).await.expect("spawn");
+        k.spawn_agent(AgentSpec::new("w", d.clone().shared()))
+            .await
+            .expect("spawn");
     }
     let t0 = Instant::now();
-    let specs = (0..5000).map(|_| TaskSpec::for_role("w", Value::Null)).collect();
+    let specs = (0..5000)
+        .map(|_| TaskSpec::for_role("w", Value::Null))
+        .collect();
     let r = k.run_batch(specs, hive_kernel::BatchOptions::new(64)).await;
     assert!(r.all_succeeded());
-    assert!(t0.elapsed() < Duration::from_secs(5), "dispatch waited for the plugin: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "dispatch waited for the plugin: {:?}",
+        t0.elapsed()
+    );
     assert!(
         eventually(Duration::from_secs(3), || k.health().plugins[0].dropped > 0).await,
         "{:?}",
@@ -166,42 +229,86 @@ async fn decision_hooks_change_what_the_router_does() {
         ]
     });
     let (k, calls) = kernel_with(&[testkit(rules)], QuarantinePolicy::default()).await;
-    let b_driver = InprocDriver::new(|t| async move { Ok(json!({"agent": t.agent.get(), "role": "b"})) });
-    let b = k.spawn_agent(AgentSpec::new("b", b_driver.shared())).await.expect("b");
+    let b_driver =
+        InprocDriver::new(|t| async move { Ok(json!({"agent": t.agent.get(), "role": "b"})) });
+    let b = k
+        .spawn_agent(AgentSpec::new("b", b_driver.shared()))
+        .await
+        .expect("b");
 
-    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("sc")).await.expect("sc");
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("sc"))
+        .await
+        .expect("sc");
     assert_eq!(r.outcome, Outcome::Succeeded(json!({"from": "cache"})));
     assert!(r.attempts.is_empty(), "short-circuited: no attempt ran");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("rj")).await.expect("rj");
-    assert!(matches!(&r.outcome, Outcome::Failed(e) if e.message.contains("rejected by plugin testkit: over budget")), "{r:?}");
-
-    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("df")).await.expect("df");
-    assert_eq!(r.status(), Status::Succeeded);
-    let waited = r.attempts[0].started_at.since(r.queued_at);
-    assert!(waited >= Duration::from_millis(200), "deferred only {waited:?}");
-    assert_eq!(r.attempts.len(), 1, "a deferral is not an attempt");
-
-    let r = k.run(TaskSpec::for_role("w", json!({})).with_name("rr")).await.expect("rr");
-    let Outcome::Succeeded(v) = &r.outcome else { panic!("{r:?}") };
-    assert_eq!(v["agent"], json!(b.get()), "rerouted to role b");
-
-    let r = tokio::time::timeout(Duration::from_secs(10), k.run(TaskSpec::for_role("w", json!({})).with_name("loop")))
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("rj"))
         .await
-        .expect("a plugin rerouting forever cannot livelock the task")
-        .expect("loop");
-    assert_eq!(r.status(), Status::Succeeded, "after the redirect cap the task runs");
-
-    let r = k.run(TaskSpec::for_role("w", json!({"fail": "fallback-me"}))).await.expect("fb");
-    assert_eq!(r.outcome, Outcome::Succeeded(json!({"degraded": true})));
-
-    let r = k.run(TaskSpec::for_role("w", json!({"fail": "flaky"}))).await.expect("flaky");
-    assert_eq!(r.status(), Status::Failed);
-    assert_eq!(r.attempts.len(), 10, "retry_after retries past a policy of one attempt, up to the limit");
+        .expect("rj");
+    assert!(
+        matches!(&r.outcome, Outcome::Failed(e) if e.message.contains("rejected by plugin testkit: over budget")),
+        "{r:?}"
+    );
 
     let r = k
-        .run(TaskSpec::for_role("w", json!({"fail": "hopeless"})).with_retry(RetryPolicy::fixed(5, Duration::ZERO)))
+        .run(TaskSpec::for_role("w", json!({})).with_name("df"))
+        .await
+        .expect("df");
+    assert_eq!(r.status(), Status::Succeeded);
+    let waited = r.attempts[0].started_at.since(r.queued_at);
+    assert!(
+        waited >= Duration::from_millis(200),
+        "deferred only {waited:?}"
+    );
+    assert_eq!(r.attempts.len(), 1, "a deferral is not an attempt");
+
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("rr"))
+        .await
+        .expect("rr");
+    let Outcome::Succeeded(v) = &r.outcome else {
+        panic!("{r:?}")
+    };
+    assert_eq!(v["agent"], json!(b.get()), "rerouted to role b");
+
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        k.run(TaskSpec::for_role("w", json!({})).with_name("loop")),
+    )
+    .await
+    .expect("a plugin rerouting forever cannot livelock the task")
+    .expect("loop");
+    assert_eq!(
+        r.status(),
+        Status::Succeeded,
+        "after the redirect cap the task runs"
+    );
+
+    let r = k
+        .run(TaskSpec::for_role("w", json!({"fail": "fallback-me"})))
+        .await
+        .expect("fb");
+    assert_eq!(r.outcome, Outcome::Succeeded(json!({"degraded": true})));
+
+    let r = k
+        .run(TaskSpec::for_role("w", json!({"fail": "flaky"})))
+        .await
+        .expect("flaky");
+    assert_eq!(r.status(), Status::Failed);
+    assert_eq!(
+        r.attempts.len(),
+        10,
+        "retry_after retries past a policy of one attempt, up to the limit"
+    );
+
+    let r = k
+        .run(
+            TaskSpec::for_role("w", json!({"fail": "hopeless"}))
+                .with_retry(RetryPolicy::fixed(5, Duration::ZERO)),
+        )
         .await
         .expect("hopeless");
     assert_eq!(r.attempts.len(), 1, "give_up stops the retries");
@@ -215,7 +322,9 @@ async fn a_plugin_spawns_an_agent_from_inside_a_hook_and_logs_through_tracing() 
     let k0 = Kernel::builder().build().expect("kernel");
     let mut ev = k0.subscribe();
     k0.load_plugins(
-        &[testkit(json!({"spawn_on_completed": "w", "log": "hello from testkit"}))],
+        &[testkit(
+            json!({"spawn_on_completed": "w", "log": "hello from testkit"}),
+        )],
         QuarantinePolicy::default(),
         Path::new("."),
     )
@@ -229,28 +338,41 @@ async fn a_plugin_spawns_an_agent_from_inside_a_hook_and_logs_through_tracing() 
     let spec = AgentSpec::new("w", d.shared());
     k0.register_template(spec.clone());
     k0.spawn_agent(spec).await.expect("spawn");
-    k0.run(TaskSpec::for_role("w", json!({}))).await.expect("run");
+    k0.run(TaskSpec::for_role("w", json!({})))
+        .await
+        .expect("run");
     assert!(
-        eventually(Duration::from_secs(5), || k0.agents_with_role("w").len() == 2).await,
+        eventually(Duration::from_secs(5), || k0.agents_with_role("w").len()
+            == 2)
+        .await,
         "the plugin's spawn_agent was applied"
     );
     k0.shutdown(ShutdownMode::Graceful).await;
 }
 
 fn load_err(spec: PluginSpec) -> hive_kernel::PluginLoadError {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async {
         let k = Kernel::builder().build().expect("kernel");
-        k.load_plugins(&[spec], QuarantinePolicy::default(), Path::new(".")).expect_err("must not load")
+        k.load_plugins(&[spec], QuarantinePolicy::default(), Path::new("."))
+            .expect_err("must not load")
     })
 }
 
 fn system_library() -> PathBuf {
-    ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("a system shared library (libz or libm)")
+    [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("a system shared library (libz or libm)")
 }
 
 #[test]
@@ -259,13 +381,19 @@ fn every_load_failure_names_the_path_and_the_reason() {
     let missing = dir.join("nope.so");
     let e = load_err(PluginSpec::path(&missing));
     assert_eq!(e.kind, LoadErrorKind::NotFound);
-    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
 
     let text = dir.join("notes.so");
     std::fs::write(&text, "this is not a library\n").expect("write");
     let e = load_err(PluginSpec::path(&text));
     assert_eq!(e.kind, LoadErrorKind::NotSharedLibrary, "{e}");
-    assert!(e.to_string().contains("notes.so") && e.to_string().contains("not a shared library"), "{e}");
+    assert!(
+        e.to_string().contains("notes.so") && e.to_string().contains("not a shared library"),
+        "{e}"
+    );
 
     let lib = system_library();
     let e = load_err(PluginSpec::path(&lib));
@@ -274,10 +402,17 @@ fn every_load_failure_names_the_path_and_the_reason() {
 
     let e = load_err(testkit(json!({"refuse_config": true})));
     assert_eq!(e.kind, LoadErrorKind::ConfigRefused);
-    assert!(e.to_string().contains("refused its config: `refuse_config` is set"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("refused its config: `refuse_config` is set"),
+        "{e}"
+    );
     let e = load_err(testkit(json!({"fail_init": true})));
     assert_eq!(e.kind, LoadErrorKind::InitFailed);
-    assert!(e.to_string().contains("cannot reach the test database"), "{e}");
+    assert!(
+        e.to_string().contains("cannot reach the test database"),
+        "{e}"
+    );
     let e = load_err(testkit(json!({"panic_init": true})));
     assert_eq!(e.kind, LoadErrorKind::InitFailed);
     assert!(e.to_string().contains("panicked while starting"), "{e}");
@@ -293,7 +428,9 @@ async fn an_optional_plugin_that_fails_is_a_warning_and_shows_in_health() {
         .load_plugins(
             &[
                 testkit(json!({})),
-                PluginSpec::path("/no/such/plugin.so").with_name("ghost").optional(),
+                PluginSpec::path("/no/such/plugin.so")
+                    .with_name("ghost")
+                    .optional(),
             ],
             QuarantinePolicy::default(),
             Path::new("."),
@@ -304,16 +441,96 @@ async fn an_optional_plugin_that_fails_is_a_warning_and_shows_in_health() {
     assert_eq!(h.plugins.len(), 2);
     assert_eq!(h.plugins[0].state, "loaded");
     assert_eq!(h.plugins[0].status, json!({"calls": 0}));
-    assert_eq!((h.plugins[1].name.as_str(), h.plugins[1].state.as_str()), ("ghost", "failed"));
+    assert_eq!(
+        (h.plugins[1].name.as_str(), h.plugins[1].state.as_str()),
+        ("ghost", "failed")
+    );
     assert_eq!(h.status, "degraded");
     let e = k
-        .load_plugins(&[testkit(json!({}))], QuarantinePolicy::default(), Path::new("."))
+        .load_plugins(
+            &[testkit(json!({}))],
+            QuarantinePolicy::default(),
+            Path::new("."),
+        )
         .expect_err("twice");
     assert_eq!(e.kind, LoadErrorKind::Duplicate);
     let k2 = Kernel::builder().build().expect("kernel");
     let e = k2
-        .load_plugins(&[testkit(json!({})), testkit(json!({}))], QuarantinePolicy::default(), Path::new("."))
+        .load_plugins(
+            &[testkit(json!({})), testkit(json!({}))],
+            QuarantinePolicy::default(),
+            Path::new("."),
+        )
         .expect_err("same name twice");
     assert_eq!(e.kind, LoadErrorKind::Duplicate);
     assert!(e.to_string().contains("already loaded"), "{e}");
+}
+
+/// A compatibility plugin built by `cargo xtask test` against a frozen plugin-api.
+fn compat_lib(variant: &str) -> PathBuf {
+    let p =
+        hive_tests::repo_root().join(format!("target/compat/target/debug/libcompat_{variant}.so"));
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_previous_minor_loads_and_works() {
+    let dir = scratch("plugin-compat");
+    let rec = dir.join("old.log");
+    let old = compat_lib("v1_0");
+    let m = hive_kernel::inspect_plugin(&old).expect("the 1.0 plugin loads");
+    assert_eq!(
+        (m.api_version.as_str(), m.name.as_str()),
+        ("1.0.0", "compat")
+    );
+    let k = Kernel::builder().build().expect("kernel");
+    k.load_plugins(
+        &[PluginSpec::path(&old).with_config(json!({"record": rec}))],
+        QuarantinePolicy::default(),
+        Path::new("."),
+    )
+    .expect("load");
+    let d = InprocDriver::new(|_| async { Ok(Value::Null) });
+    k.spawn_agent(AgentSpec::new("w", d.shared()))
+        .await
+        .expect("spawn");
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})))
+        .await
+        .expect("run");
+    // Hooks added in 1.1 that a 1.0 plugin cannot have: the calls fall back to defaults.
+    k.run_started("run-1", "plan");
+    k.run_finished("run-1", "plan", "succeeded");
+    k.shutdown(ShutdownMode::Graceful).await;
+    assert_eq!(
+        lines(&rec),
+        vec![format!("task_completed {} succeeded", r.id.get())]
+    );
+    let p = &k.health().plugins[0];
+    assert_eq!((p.errors, p.delivered), (0, 3), "{p:?}");
+    assert_eq!(
+        p.hooks,
+        vec!["task_completed", "run_started", "run_finished"]
+    );
+}
+
+#[test]
+fn a_plugin_built_against_another_major_is_refused_with_both_versions() {
+    let e = load_err(PluginSpec::path(compat_lib("v2_0")));
+    assert_eq!(e.kind, LoadErrorKind::Incompatible, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("2.0.0") && m.contains(hive_plugin_api_version()),
+        "both versions in: {m}"
+    );
+}
+
+fn hive_plugin_api_version() -> &'static str {
+    // The kernel's plugin-api version, as the loader reports it.
+    "1.1.0"
 }

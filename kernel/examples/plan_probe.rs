@@ -133,9 +133,8 @@ async fn noop(steps: usize, width: usize, conc: usize, state: Option<PathBuf>) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |i: usize, d: usize| -> usize {
-        args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d)
-    };
+    let num =
+        |i: usize, d: usize| -> usize { args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d) };
     match args.first().map(String::as_str) {
         Some("dag-plans") => dag_plans(Path::new(args.get(1).map_or(".", String::as_str))),
         Some("noop") | None => {

@@ -351,7 +351,11 @@ impl Config {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (i, p) in raw.plugins.iter().enumerate() {
             let line = p.name.as_ref().map_or_else(
-                || text.match_indices("[[plugins]]").nth(i).map_or(1, |(o, _)| line_of(text, o)),
+                || {
+                    text.match_indices("[[plugins]]")
+                        .nth(i)
+                        .map_or(1, |(o, _)| line_of(text, o))
+                },
                 |n| line_of(text, n.span().start),
             );
             if p.name.is_none() && p.path.is_none() {
@@ -368,7 +372,10 @@ impl Config {
                         path: path.into(),
                         line,
                         key: "name".into(),
-                        message: format!("plugin `{}` is already listed (line {first})", n.get_ref()),
+                        message: format!(
+                            "plugin `{}` is already listed (line {first})",
+                            n.get_ref()
+                        ),
                     });
                 }
             }
@@ -436,7 +443,12 @@ impl Config {
                     .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
                 let mut spec = match &p.path {
                     Some(path) => crate::PluginSpec::path(self.dir.join(path)),
-                    None => crate::PluginSpec::named(p.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default()),
+                    None => crate::PluginSpec::named(
+                        p.name
+                            .as_ref()
+                            .map(|n| n.get_ref().clone())
+                            .unwrap_or_default(),
+                    ),
                 };
                 if let Some(n) = &p.name {
                     spec = spec.with_name(n.get_ref().clone());
@@ -627,7 +639,10 @@ order = "shortest_first"
         let e = parse("[[plugins]]\nname = \"a\"\nhooks = [\"nope\"]\n").expect_err("bad hook");
         assert!(e.to_string().contains("unknown hook `nope`"), "{e}");
         let e = parse("[[plugins]]\nname = \"a\"\nbogus = 1\n").expect_err("unknown key");
-        assert!(e.to_string().contains("bogus") && e.to_string().contains("line 3"), "{e}");
+        assert!(
+            e.to_string().contains("bogus") && e.to_string().contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]

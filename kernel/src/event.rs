@@ -272,9 +272,9 @@ impl Event {
             Event::TaskCompleted { .. } => kind::TASK_COMPLETED,
             Event::AgentLog { .. } => kind::AGENT_LOG,
             Event::Metric { .. } | Event::PluginMetric { .. } => kind::METRIC,
-            Event::PluginLog { .. } | Event::PluginError { .. } | Event::PluginQuarantined { .. } => {
-                kind::PLUGIN
-            }
+            Event::PluginLog { .. }
+            | Event::PluginError { .. }
+            | Event::PluginQuarantined { .. } => kind::PLUGIN,
             Event::RunStarted { .. } | Event::RunFinished { .. } => kind::RUN,
         }
     }

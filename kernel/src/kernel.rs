@@ -24,12 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::{AgentCell, AgentInfo, AgentSpec, AgentState, Lease, ShutdownMode};
-use crate::plugin::{abi_target, kernel_target, PluginLoadError, PluginSet, PluginSpec, QuarantinePolicy};
 use crate::driver::{AgentContext, AgentLink, TaskContext};
 use crate::error::{BuildError, ShutdownError, SpawnError, SubmitError};
 use crate::event::{kind, Event, EventBus, EventStream, JsonlSink};
 use crate::health::RoleStats;
 use crate::ids::{AgentId, BatchId, TaskId, Timestamp};
+use crate::plugin::{
+    abi_target, kernel_target, PluginLoadError, PluginSet, PluginSpec, QuarantinePolicy,
+};
 use crate::queue::{Pushed, QueueKey, QueueOrder, TaskQueue};
 use crate::task::{AttemptRecord, AttemptStatus, Outcome, Target, TaskError, TaskResult, TaskSpec};
 
@@ -617,6 +619,28 @@ impl Kernel {
         Ok(warnings)
     }
 
+    /// Announces that a run (of a plan) started: plugins' `on_run_started` and every
+    /// subscriber see it.
+    pub fn run_started(&self, run: &str, plan: &str) {
+        self.inner
+            .bus
+            .emit_with(crate::event::kind::RUN, || Event::RunStarted {
+                run: Arc::from(run),
+                plan: Arc::from(plan),
+            });
+    }
+
+    /// Announces that a run finished in `state` (`succeeded`, `failed`, ...).
+    pub fn run_finished(&self, run: &str, plan: &str, state: &str) {
+        self.inner
+            .bus
+            .emit_with(crate::event::kind::RUN, || Event::RunFinished {
+                run: Arc::from(run),
+                plan: Arc::from(plan),
+                state: Arc::from(state),
+            });
+    }
+
     /// Remembers how to build one more agent of `spec.role` (plugins' `spawn_agent` uses it).
     pub fn register_template(&self, spec: AgentSpec) {
         self.inner.templates.insert(spec.role.clone(), spec);
@@ -636,7 +660,11 @@ impl Kernel {
         self.spawn_agent(spec).await
     }
 
-    pub(crate) async fn submit_reserved(&self, id: TaskId, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
+    pub(crate) async fn submit_reserved(
+        &self,
+        id: TaskId,
+        spec: TaskSpec,
+    ) -> Result<TaskHandle, SubmitError> {
         self.inner.submit_reserved(id, spec).await
     }
 
@@ -706,12 +734,13 @@ impl Inner {
         let lease = Arc::new(Lease::new(self.epoch));
         let cell = Arc::new(AgentCell::new(id, &spec, queues, lease.clone()));
         self.agents.insert(id, cell.clone());
-        self.bus.emit_with(kind::AGENT_SPAWNED, || Event::AgentSpawned {
-            agent: id,
-            role: spec.role.clone(),
-            driver: cell.driver_name.clone(),
-            capacity: cell.capacity,
-        });
+        self.bus
+            .emit_with(kind::AGENT_SPAWNED, || Event::AgentSpawned {
+                agent: id,
+                role: spec.role.clone(),
+                driver: cell.driver_name.clone(),
+                capacity: cell.capacity,
+            });
         let ctx = AgentContext {
             agent: id,
             role: spec.role.clone(),
@@ -1006,13 +1035,14 @@ impl Inner {
         if let Some(b) = &entry.batch {
             b.members.lock().push(id);
         }
-        self.bus.emit_with(kind::TASK_SUBMITTED, || Event::TaskSubmitted {
-            task: id,
-            name: entry.spec.name.clone(),
-            target: entry.spec.target.clone(),
-            priority: entry.spec.priority,
-            batch: entry.batch.as_ref().map(|b| b.id),
-        });
+        self.bus
+            .emit_with(kind::TASK_SUBMITTED, || Event::TaskSubmitted {
+                task: id,
+                name: entry.spec.name.clone(),
+                target: entry.spec.target.clone(),
+                priority: entry.spec.priority,
+                batch: entry.batch.as_ref().map(|b| b.id),
+            });
         if let Some(d) = deadline {
             self.arm_deadline(&entry, d);
         }
@@ -1063,16 +1093,14 @@ impl Inner {
             entry.route.clone()
         } else {
             match target {
-                Target::Role(r) => self
-                    .roles
-                    .get(r)
-                    .map(|x| x.clone())
-                    .ok_or_else(|| TaskError::permanent(format!("rerouted to role `{r}`, which has no agents")))?,
-                Target::Capability(c) => self
-                    .caps
-                    .get(c)
-                    .map(|x| x.clone())
-                    .ok_or_else(|| TaskError::permanent(format!("rerouted to capability `{c}`, which no agent has")))?,
+                Target::Role(r) => self.roles.get(r).map(|x| x.clone()).ok_or_else(|| {
+                    TaskError::permanent(format!("rerouted to role `{r}`, which has no agents"))
+                })?,
+                Target::Capability(c) => self.caps.get(c).map(|x| x.clone()).ok_or_else(|| {
+                    TaskError::permanent(format!(
+                        "rerouted to capability `{c}`, which no agent has"
+                    ))
+                })?,
                 Target::Agent(_) => entry.route.clone(),
             }
         };
@@ -1309,13 +1337,14 @@ impl Inner {
                 }
             }
         }
-        self.bus.emit_with(kind::TASK_DELEGATED, || Event::TaskDelegated {
-            task: task_id,
-            name: entry.spec.name.clone(),
-            target: entry.spec.target.clone(),
-            agent: agent_id,
-            attempt,
-        });
+        self.bus
+            .emit_with(kind::TASK_DELEGATED, || Event::TaskDelegated {
+                task: task_id,
+                name: entry.spec.name.clone(),
+                target: entry.spec.target.clone(),
+                agent: agent_id,
+                attempt,
+            });
         let started = Timestamp::now();
         let timeout = entry.spec.timeout.unwrap_or(self.default_timeout);
         let mut limit = timeout;
@@ -1329,13 +1358,14 @@ impl Inner {
                 None,
             ),
             Some(handle) => {
-                self.bus.emit_with(kind::TASK_STARTED, || Event::TaskStarted {
-                    task: task_id,
-                    name: entry.spec.name.clone(),
-                    target: entry.spec.target.clone(),
-                    agent: agent_id,
-                    attempt,
-                });
+                self.bus
+                    .emit_with(kind::TASK_STARTED, || Event::TaskStarted {
+                        task: task_id,
+                        name: entry.spec.name.clone(),
+                        target: entry.spec.target.clone(),
+                        agent: agent_id,
+                        attempt,
+                    });
                 let ctx = TaskContext {
                     task: task_id,
                     attempt,
@@ -1508,7 +1538,9 @@ impl Inner {
             _ => None,
         };
         let plugin_says = match (&output, &error) {
-            (None, Some(e)) if status != AttemptStatus::Cancelled => self.ask_on_failed(s, status, e),
+            (None, Some(e)) if status != AttemptStatus::Cancelled => {
+                self.ask_on_failed(s, status, e)
+            }
             _ => None,
         };
         let mut st = entry.st.lock();
@@ -1565,12 +1597,13 @@ impl Inner {
                 if !too_late {
                     st.phase = Phase::Backoff;
                     drop(st);
-                    self.bus.emit_with(kind::TASK_RETRYING, || Event::TaskRetrying {
-                        task: entry.id,
-                        attempt: n,
-                        delay_ms: delay.as_millis() as u64,
-                        error: err.message.clone(),
-                    });
+                    self.bus
+                        .emit_with(kind::TASK_RETRYING, || Event::TaskRetrying {
+                            task: entry.id,
+                            attempt: n,
+                            delay_ms: delay.as_millis() as u64,
+                            error: err.message.clone(),
+                        });
                     self.schedule_retry(entry, delay);
                     return;
                 }
@@ -1643,21 +1676,22 @@ impl Inner {
             .first()
             .map(|a| a.started_at.since(entry.queued_at));
         entry.route.stats.record(status, run, wait);
-        self.bus.emit_with(kind::TASK_COMPLETED, || Event::TaskCompleted {
-            task: entry.id,
-            name: entry.spec.name.clone(),
-            status,
-            attempts: attempts.len() as u32,
-            agent: last.map(|a| a.agent),
-            duration_ms: run.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
-            error: match &outcome {
-                Outcome::Failed(e) => Some(e.message.clone()),
-                Outcome::TimedOut => last
-                    .and_then(|a| a.error.clone())
-                    .or(Some("deadline passed".into())),
-                _ => None,
-            },
-        });
+        self.bus
+            .emit_with(kind::TASK_COMPLETED, || Event::TaskCompleted {
+                task: entry.id,
+                name: entry.spec.name.clone(),
+                status,
+                attempts: attempts.len() as u32,
+                agent: last.map(|a| a.agent),
+                duration_ms: run.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
+                error: match &outcome {
+                    Outcome::Failed(e) => Some(e.message.clone()),
+                    Outcome::TimedOut => last
+                        .and_then(|a| a.error.clone())
+                        .or(Some("deadline passed".into())),
+                    _ => None,
+                },
+            });
         let cascade = !outcome.is_success()
             && entry
                 .batch

@@ -51,11 +51,11 @@ pub use kernel::{
     BatchOptions, BatchResult, Cancellation, Dispatch, Fairness, Kernel, KernelBuilder, RoleConfig,
     TaskHandle,
 };
+pub use plan::{OnFailure, Plan, PlanError, Problem, ProblemKind};
 pub use plugin::{
     inspect as inspect_plugin, search_path as plugin_search_path, LoadErrorKind, PluginHealth,
     PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,
 };
-pub use plan::{OnFailure, Plan, PlanError, Problem, ProblemKind};
 pub use queue::QueueOrder;
 pub use state::{
     AttemptRow, RunEvent, RunEventKind, RunLock, RunRecord, RunState, StateError, StateStore,

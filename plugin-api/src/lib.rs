@@ -96,6 +96,7 @@ pub trait Plugin: Send + Sync {
     fn shutdown(&self) -> RResult<(), PluginError> {
         ROk(())
     }
+    // api-since-1.1 {
     /// A run (of a plan) started. Added in 1.1.
     fn on_run_started(&self, _e: &RunEvent) -> RResult<(), PluginError> {
         ROk(())
@@ -104,6 +105,7 @@ pub trait Plugin: Send + Sync {
     fn on_run_finished(&self, _e: &RunEvent) -> RResult<(), PluginError> {
         ROk(())
     }
+    // } api-since-1.1
 }
 
 /// What a plugin may ask of the kernel. Every call returns at once: commands are queued and
@@ -137,7 +139,8 @@ pub struct PluginMod {
     pub manifest: extern "C" fn() -> Manifest,
     /// Builds an instance from its config (a JSON object) and the kernel's handle.
     #[sabi(last_prefix_field)]
-    pub new: extern "C" fn(config_json: RStr<'_>, host: HostHandle) -> RResult<PluginBox, PluginError>,
+    pub new:
+        extern "C" fn(config_json: RStr<'_>, host: HostHandle) -> RResult<PluginBox, PluginError>,
 }
 
 impl RootModule for PluginMod_Ref {
@@ -146,4 +149,3 @@ impl RootModule for PluginMod_Ref {
     const NAME: &'static str = "hive_plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
-

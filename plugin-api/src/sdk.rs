@@ -4,8 +4,9 @@
 //! installs a tracing subscriber in the plugin's own copy of `tracing` that forwards events
 //! to the kernel's log under the plugin's name.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -26,7 +27,9 @@ pub struct PluginContext {
 
 impl std::fmt::Debug for PluginContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginContext").field("name", &self.name).finish()
+        f.debug_struct("PluginContext")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -53,7 +56,9 @@ impl PluginContext {
     }
     /// Queues a task (`{"role": .., "payload": ..}`); returns its id.
     pub fn submit_task(&self, request_json: &str) -> Result<u64, PluginError> {
-        self.host.submit_task(RStr::from(request_json)).into_result()
+        self.host
+            .submit_task(RStr::from(request_json))
+            .into_result()
     }
     /// The kernel's health report as JSON.
     pub fn health_json(&self) -> String {
@@ -110,6 +115,7 @@ pub trait HivePlugin: Send + Sync + Sized + 'static {
     fn on_performance_metric(&self, _e: &Metric) -> Result<(), PluginError> {
         Ok(())
     }
+    // api-since-1.1 {
     /// See [`Plugin::on_run_started`].
     fn on_run_started(&self, _e: &RunEvent) -> Result<(), PluginError> {
         Ok(())
@@ -118,6 +124,7 @@ pub trait HivePlugin: Send + Sync + Sized + 'static {
     fn on_run_finished(&self, _e: &RunEvent) -> Result<(), PluginError> {
         Ok(())
     }
+    // } api-since-1.1
     /// See [`Plugin::before_delegate`].
     fn before_delegate(&self, _r: &DelegateRequest<'_>) -> Result<Delegate, PluginError> {
         Ok(Delegate::Continue)
@@ -146,6 +153,28 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// The host of the plugin instance whose hook runs on this thread (its logs go there).
+    static HOOK_HOST: RefCell<Option<HostHandle>> = const { RefCell::new(None) };
+}
+
+/// The host of the instance created last: logs from outside any hook go there.
+static LATEST_HOST: Mutex<Option<HostHandle>> = Mutex::new(None);
+
+/// Runs `f` with `host` as this thread's current host.
+fn with_host<T>(host: &HostHandle, f: impl FnOnce() -> T) -> T {
+    let prev = HOOK_HOST.with(|h| h.replace(Some(host.clone())));
+    let r = f();
+    HOOK_HOST.with(|h| *h.borrow_mut() = prev);
+    r
+}
+
+fn current_host() -> Option<HostHandle> {
+    HOOK_HOST
+        .with(|h| h.borrow().clone())
+        .or_else(|| LATEST_HOST.lock().ok().and_then(|g| g.clone()))
+}
+
 /// Runs a hook, turning a panic into a `PANIC` error.
 fn guard<T>(hook: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -158,42 +187,62 @@ fn guard<T>(hook: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T
     }
 }
 
-/// The `#[sabi_trait] Plugin` implementation around a [`HivePlugin`].
-struct Guarded<P>(P);
+/// The `#[sabi_trait] Plugin` implementation around a [`HivePlugin`]: every hook runs under
+/// `catch_unwind`, with this instance's host as the thread's current host.
+struct Guarded<P> {
+    plugin: P,
+    host: HostHandle,
+}
+
+impl<P> Guarded<P> {
+    fn hook<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&P) -> Result<T, PluginError>,
+    ) -> RResult<T, PluginError> {
+        with_host(&self.host, || guard(name, || f(&self.plugin)))
+    }
+}
 
 impl<P: HivePlugin> Plugin for Guarded<P> {
     fn on_agent_spawned(&self, e: &AgentEvent) -> RResult<(), PluginError> {
-        guard("on_agent_spawned", || self.0.on_agent_spawned(e))
+        self.hook("on_agent_spawned", |p| p.on_agent_spawned(e))
     }
     fn on_agent_state_changed(&self, e: &AgentStateChange) -> RResult<(), PluginError> {
-        guard("on_agent_state_changed", || self.0.on_agent_state_changed(e))
+        self.hook("on_agent_state_changed", |p| p.on_agent_state_changed(e))
     }
     fn on_agent_failed(&self, e: &AgentFailure) -> RResult<(), PluginError> {
-        guard("on_agent_failed", || self.0.on_agent_failed(e))
+        self.hook("on_agent_failed", |p| p.on_agent_failed(e))
     }
     fn on_task_submitted(&self, e: &TaskEvent) -> RResult<(), PluginError> {
-        guard("on_task_submitted", || self.0.on_task_submitted(e))
+        self.hook("on_task_submitted", |p| p.on_task_submitted(e))
     }
     fn on_task_delegated(&self, e: &TaskEvent) -> RResult<(), PluginError> {
-        guard("on_task_delegated", || self.0.on_task_delegated(e))
+        self.hook("on_task_delegated", |p| p.on_task_delegated(e))
     }
     fn on_task_started(&self, e: &TaskEvent) -> RResult<(), PluginError> {
-        guard("on_task_started", || self.0.on_task_started(e))
+        self.hook("on_task_started", |p| p.on_task_started(e))
     }
     fn on_task_completed(&self, e: &TaskCompletion) -> RResult<(), PluginError> {
-        guard("on_task_completed", || self.0.on_task_completed(e))
+        self.hook("on_task_completed", |p| p.on_task_completed(e))
     }
     fn on_performance_metric(&self, e: &Metric) -> RResult<(), PluginError> {
-        guard("on_performance_metric", || self.0.on_performance_metric(e))
+        self.hook("on_performance_metric", |p| p.on_performance_metric(e))
     }
     fn before_delegate(&self, r: &DelegateRequest<'_>) -> RResult<Delegate_NE, PluginError> {
-        guard("before_delegate", || self.0.before_delegate(r).map(Delegate_NE::new))
+        self.hook("before_delegate", |p| {
+            p.before_delegate(r).map(Delegate_NE::new)
+        })
     }
     fn on_task_failed(&self, f: &FailureInfo<'_>) -> RResult<OnFailure_NE, PluginError> {
-        guard("on_task_failed", || self.0.on_task_failed(f).map(OnFailure_NE::new))
+        self.hook("on_task_failed", |p| {
+            p.on_task_failed(f).map(OnFailure_NE::new)
+        })
     }
     fn status(&self) -> RString {
-        match catch_unwind(AssertUnwindSafe(|| self.0.status())) {
+        match with_host(&self.host, || {
+            catch_unwind(AssertUnwindSafe(|| self.plugin.status()))
+        }) {
             Ok(s) => RString::from(s),
             Err(p) => RString::from(format!(
                 "{{\"error\": \"status panicked: {}\"}}",
@@ -202,14 +251,16 @@ impl<P: HivePlugin> Plugin for Guarded<P> {
         }
     }
     fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || self.0.shutdown())
+        self.hook("shutdown", |p| p.shutdown())
     }
+    // api-since-1.1 {
     fn on_run_started(&self, e: &RunEvent) -> RResult<(), PluginError> {
-        guard("on_run_started", || self.0.on_run_started(e))
+        self.hook("on_run_started", |p| p.on_run_started(e))
     }
     fn on_run_finished(&self, e: &RunEvent) -> RResult<(), PluginError> {
-        guard("on_run_finished", || self.0.on_run_finished(e))
+        self.hook("on_run_finished", |p| p.on_run_finished(e))
     }
+    // } api-since-1.1
 }
 
 /// The manifest of `P` (used by [`export_plugin!`]).
@@ -225,13 +276,16 @@ pub fn manifest_of<P: HivePlugin>() -> Manifest {
 
 /// Builds `P` behind the panic guard and installs the tracing forwarder (used by
 /// [`export_plugin!`]).
-pub fn instantiate<P: HivePlugin>(config: RStr<'_>, host: HostHandle) -> RResult<PluginBox, PluginError> {
+pub fn instantiate<P: HivePlugin>(
+    config: RStr<'_>,
+    host: HostHandle,
+) -> RResult<PluginBox, PluginError> {
     static TRACING: Once = Once::new();
-    let forward = host.clone();
+    if let Ok(mut latest) = LATEST_HOST.lock() {
+        *latest = Some(host.clone());
+    }
     TRACING.call_once(|| {
-        let subscriber = tracing_subscriber::registry().with(ForwardLayer {
-            host: forward,
-        });
+        let subscriber = tracing_subscriber::registry().with(ForwardLayer { _private: () });
         let _ = tracing::subscriber::set_global_default(subscriber);
         // This library's own panic hook: report through the kernel's log (with the plugin's
         // name) instead of printing a backtrace on the host's stderr. The panic itself is
@@ -239,22 +293,28 @@ pub fn instantiate<P: HivePlugin>(config: RStr<'_>, host: HostHandle) -> RResult
         std::panic::set_hook(Box::new(|info| tracing::error!("plugin panicked: {info}")));
     });
     let ctx = PluginContext {
-        host,
+        host: host.clone(),
         name: P::NAME,
     };
     let cfg = config.as_str();
     let cfg = if cfg.trim().is_empty() { "{}" } else { cfg };
-    match catch_unwind(AssertUnwindSafe(|| P::new(cfg, ctx))) {
-        Ok(Ok(p)) => ROk(Plugin_TO::from_value(Guarded(p), TD_Opaque)),
+    match with_host(&host, || {
+        catch_unwind(AssertUnwindSafe(|| P::new(cfg, ctx)))
+    }) {
+        Ok(Ok(plugin)) => ROk(Plugin_TO::from_value(Guarded { plugin, host }, TD_Opaque)),
         Ok(Err(e)) => RErr(e),
-        Err(p) => RErr(PluginError::init(format!("panicked while starting: {}", panic_message(&*p)))),
+        Err(p) => RErr(PluginError::init(format!(
+            "panicked while starting: {}",
+            panic_message(&*p)
+        ))),
     }
 }
 
 /// A tracing layer that forwards a plugin's events to the kernel's log (the kernel adds
-/// the plugin's name). Installed by the SDK in the plugin's own copy of `tracing`.
+/// the plugin's name): to the host of the instance whose hook is running, else of the
+/// instance created last. Installed by the SDK in the plugin's own copy of `tracing`.
 pub struct ForwardLayer {
-    host: HostHandle,
+    _private: (),
 }
 
 impl std::fmt::Debug for ForwardLayer {
@@ -269,7 +329,11 @@ impl tracing::field::Visit for Fields {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         use std::fmt::Write;
         if field.name() == "message" {
-            let _ = write!(self.0, "{}{value:?}", if self.0.is_empty() { "" } else { " " });
+            let _ = write!(
+                self.0,
+                "{}{value:?}",
+                if self.0.is_empty() { "" } else { " " }
+            );
         } else {
             let _ = write!(self.0, " {}={value:?}", field.name());
         }
@@ -297,7 +361,9 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
             tracing::Level::DEBUG => LogLevel::DEBUG,
             _ => LogLevel::TRACE,
         };
-        self.host.log(level, RStr::from(fields.0.trim()));
+        if let Some(host) = current_host() {
+            host.log(level, RStr::from(fields.0.trim()));
+        }
     }
 }
 

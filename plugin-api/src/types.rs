@@ -72,7 +72,10 @@ impl Hooks {
 
     /// The hook of a name.
     pub fn by_name(name: &str) -> Option<Hooks> {
-        Hooks::NAMED.iter().find(|(_, n)| *n == name).map(|(h, _)| *h)
+        Hooks::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(h, _)| *h)
     }
 }
 

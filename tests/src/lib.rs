@@ -34,7 +34,11 @@ pub fn hive_bin() -> PathBuf {
 pub fn plugin_lib(lib_name: &str) -> PathBuf {
     let bin = hive_bin();
     let p = bin.with_file_name(format!("lib{lib_name}.so"));
-    assert!(p.exists(), "{} is missing: run the tests with `cargo xtask test`", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 

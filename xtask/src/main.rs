@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod compat;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,7 @@ fn run_tests(root: &Path, args: &[String]) -> Result<()> {
     let mut build = Command::new(cmd::cargo());
     build.current_dir(root).args(["build", "--workspace"]);
     cmd::run_checked(&mut build)?;
+    compat::build(root)?;
 
     let mut test = Command::new(cmd::cargo());
     test.current_dir(root)

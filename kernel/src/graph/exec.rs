@@ -481,6 +481,9 @@ impl Exec {
         let cancel = self.opts.cancel.clone();
         loop {
             self.pump();
+            if let Some(w) = &mut self.writer {
+                w.flush();
+            }
             if self.unended == 0 && self.awaiting.is_empty() && self.inflight.is_empty() {
                 break;
             }

@@ -18,9 +18,20 @@ use crate::ShutdownMode;
 /// A command queued by a plugin.
 #[derive(Debug)]
 pub(crate) enum HostCommand {
-    Spawn { plugin: Arc<str>, role: Arc<str> },
-    Shutdown { plugin: Arc<str>, agent: AgentId, mode: ShutdownMode },
-    Submit { plugin: Arc<str>, id: TaskId, spec: Box<TaskSpec> },
+    Spawn {
+        plugin: Arc<str>,
+        role: Arc<str>,
+    },
+    Shutdown {
+        plugin: Arc<str>,
+        agent: AgentId,
+        mode: ShutdownMode,
+    },
+    Submit {
+        plugin: Arc<str>,
+        id: TaskId,
+        spec: Box<TaskSpec>,
+    },
 }
 
 /// One plugin's handle on the kernel.
@@ -47,12 +58,23 @@ fn host_err(msg: impl Into<String>) -> PluginError {
 
 /// Parses a plugin's `submit_task` request.
 pub(crate) fn parse_submit(json: &str) -> Result<TaskSpec, String> {
-    let v: Value = serde_json::from_str(json).map_err(|e| format!("submit_task: invalid JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| format!("submit_task: invalid JSON: {e}"))?;
     let Some(obj) = v.as_object() else {
         return Err("submit_task: expected a JSON object".into());
     };
     for k in obj.keys() {
-        if !["role", "capability", "agent", "payload", "priority", "timeout_s", "name"].contains(&k.as_str()) {
+        if ![
+            "role",
+            "capability",
+            "agent",
+            "payload",
+            "priority",
+            "timeout_s",
+            "name",
+        ]
+        .contains(&k.as_str())
+        {
             return Err(format!(
                 "submit_task: unknown field `{k}`, expected role, capability, agent, payload, priority, timeout_s or name"
             ));
@@ -62,16 +84,23 @@ pub(crate) fn parse_submit(json: &str) -> Result<TaskSpec, String> {
         (Some(Value::String(r)), None, None) => crate::Target::role(r),
         (None, Some(Value::String(c)), None) => crate::Target::capability(c),
         (None, None, Some(a)) => crate::Target::Agent(AgentId(
-            a.as_u64().ok_or("submit_task: `agent` must be an agent id (integer)")?,
+            a.as_u64()
+                .ok_or("submit_task: `agent` must be an agent id (integer)")?,
         )),
         _ => return Err("submit_task: give exactly one of `role`, `capability` or `agent`".into()),
     };
     let mut spec = TaskSpec::new(target, obj.get("payload").cloned().unwrap_or(Value::Null));
     if let Some(p) = obj.get("priority") {
-        spec = spec.with_priority(p.as_i64().ok_or("submit_task: `priority` must be an integer")? as i32);
+        spec = spec.with_priority(
+            p.as_i64()
+                .ok_or("submit_task: `priority` must be an integer")? as i32,
+        );
     }
     if let Some(t) = obj.get("timeout_s") {
-        let s = t.as_f64().filter(|s| *s > 0.0 && s.is_finite()).ok_or("submit_task: `timeout_s` must be a positive number")?;
+        let s = t
+            .as_f64()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .ok_or("submit_task: `timeout_s` must be a positive number")?;
         spec = spec.with_timeout(std::time::Duration::from_secs_f64(s));
     }
     if let Some(Value::String(n)) = obj.get("name") {
@@ -129,7 +158,11 @@ impl Host for KernelHost {
     }
 
     fn shutdown_agent(&self, agent: u64, graceful: bool) -> RResult<(), PluginError> {
-        let mode = if graceful { ShutdownMode::Graceful } else { ShutdownMode::Now };
+        let mode = if graceful {
+            ShutdownMode::Graceful
+        } else {
+            ShutdownMode::Now
+        };
         match self.tx.send(HostCommand::Shutdown {
             plugin: self.plugin.clone(),
             agent: AgentId(agent),
@@ -162,7 +195,8 @@ impl Host for KernelHost {
     fn health_json(&self) -> RString {
         match self.kernel.upgrade() {
             Some(k) => RString::from(
-                serde_json::to_string(&crate::Kernel::from_inner(k).health()).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&crate::Kernel::from_inner(k).health())
+                    .unwrap_or_else(|_| "{}".into()),
             ),
             None => RString::from("{}"),
         }
@@ -170,7 +204,10 @@ impl Host for KernelHost {
 }
 
 /// Applies plugins' commands until the queue closes.
-pub(crate) async fn apply_commands(kernel: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<HostCommand>) {
+pub(crate) async fn apply_commands(
+    kernel: Weak<Inner>,
+    mut rx: mpsc::UnboundedReceiver<HostCommand>,
+) {
     while let Some(cmd) = rx.recv().await {
         let Some(k) = kernel.upgrade() else { return };
         let kernel = crate::Kernel::from_inner(k);
@@ -182,7 +219,11 @@ pub(crate) async fn apply_commands(kernel: Weak<Inner>, mut rx: mpsc::UnboundedR
                     }
                 });
             }
-            HostCommand::Shutdown { plugin, agent, mode } => {
+            HostCommand::Shutdown {
+                plugin,
+                agent,
+                mode,
+            } => {
                 tokio::spawn(async move {
                     if let Err(e) = kernel.shutdown_agent(agent, mode).await {
                         tracing::warn!(plugin = %plugin, "shutdown_agent({agent}) failed: {e}");

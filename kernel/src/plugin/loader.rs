@@ -4,7 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::abi_stability::abi_checking::{
+    check_layout_compatibility_with_globals, CheckingGlobals,
+};
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::StableAbi;
 use hive_plugin_api::{Manifest, PluginMod_Ref, API_VERSION};
 use serde::Serialize;
 
@@ -82,11 +86,37 @@ impl PluginManifest {
 }
 
 fn first_line(s: &str) -> String {
-    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if line.len() > 300 {
-        format!("{}...", &line[..line.char_indices().nth(300).map_or(line.len(), |(i, _)| i)])
+        format!(
+            "{}...",
+            &line[..line.char_indices().nth(300).map_or(line.len(), |(i, _)| i)]
+        )
     } else {
         line.to_string()
+    }
+}
+
+/// abi_stable's layout report, squeezed onto one line (its non-empty lines, trimmed).
+fn summary(s: &str) -> String {
+    let joined = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.len() > 2000 {
+        let cut = joined
+            .char_indices()
+            .nth(2000)
+            .map_or(joined.len(), |(i, _)| i);
+        format!("{}...", &joined[..cut])
+    } else {
+        joined
     }
 }
 
@@ -96,7 +126,12 @@ pub(crate) fn open(path: &Path) -> Result<(PluginMod_Ref, Manifest), PluginLoadE
     let err = |kind, msg: String| PluginLoadError::new(path, kind, msg);
     match std::fs::metadata(path) {
         Err(e) => return Err(err(LoadErrorKind::NotFound, format!("not found: {e}"))),
-        Ok(m) if m.is_dir() => return Err(err(LoadErrorKind::NotFound, "is a directory, not a shared library".into())),
+        Ok(m) if m.is_dir() => {
+            return Err(err(
+                LoadErrorKind::NotFound,
+                "is a directory, not a shared library".into(),
+            ))
+        }
         Ok(_) => {}
     }
     let header = lib_header_from_path(path).map_err(|e| match e {
@@ -115,7 +150,54 @@ pub(crate) fn open(path: &Path) -> Result<(PluginMod_Ref, Manifest), PluginLoadE
         other => err(LoadErrorKind::NotAPlugin, format!("not a Hive plugin: {}", first_line(&other.to_string()))),
     })?;
     let theirs = header.version_strings().version.to_string();
-    let module = header.init_root_module::<PluginMod_Ref>().map_err(|e| match e {
+    // Version policy (docs/plugins.md): the same major, and a minor no newer than ours. A
+    // plugin built against an older minor loads; its missing hooks take their defaults.
+    let ours_v = PluginMod_Ref::VERSION_STRINGS
+        .parsed()
+        .map_err(|e| err(LoadErrorKind::Incompatible, e.to_string()))?;
+    let theirs_v = header.version_strings().parsed().map_err(|e| {
+        err(
+            LoadErrorKind::Incompatible,
+            format!("unreadable plugin-api version `{theirs}`: {e}"),
+        )
+    })?;
+    if theirs_v.major != ours_v.major {
+        return Err(err(
+            LoadErrorKind::Incompatible,
+            format!("built against plugin-api {theirs}, but this kernel speaks plugin-api {API_VERSION} (the major versions must match; rebuild the plugin)"),
+        ));
+    }
+    if theirs_v.minor > ours_v.minor {
+        return Err(err(
+            LoadErrorKind::Incompatible,
+            format!("built against plugin-api {theirs}, newer than this kernel's plugin-api {API_VERSION} (upgrade hive, or build the plugin against {API_VERSION})"),
+        ));
+    }
+    // Layout: the plugin's view of every type must be a prefix of ours (fields and hooks
+    // are only ever added at the end). abi_stable's own check runs the other way round (a
+    // library newer than its loader), so it is run here with the roles swapped: the plugin's
+    // layout as the interface, the kernel's as the implementation.
+    let Some(layout) = header.layout() else {
+        return Err(err(
+            LoadErrorKind::Incompatible,
+            "exports no type layout, so its compatibility cannot be checked".into(),
+        ));
+    };
+    // Each plugin is checked on its own: plugins exchange types with the kernel only, never
+    // with each other, so abi_stable's process-wide merge of prefix types (which would make
+    // a 1.0 plugin and a 1.1 plugin refuse each other) does not apply.
+    let globals = CheckingGlobals::new();
+    check_layout_compatibility_with_globals(layout, <PluginMod_Ref as StableAbi>::LAYOUT, &globals).map_err(|e| {
+        err(
+            LoadErrorKind::Incompatible,
+            format!(
+                "built against plugin-api {theirs}, whose layout is incompatible with this kernel's plugin-api {API_VERSION}: {}",
+                summary(&e.to_string())
+            ),
+        )
+    })?;
+    // SAFETY: the layout was checked just above, in the direction plugin-api promises.
+    let module = unsafe { header.init_root_module_with_unchecked_layout::<PluginMod_Ref>() }.map_err(|e| match e {
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
@@ -123,14 +205,7 @@ pub(crate) fn open(path: &Path) -> Result<(PluginMod_Ref, Manifest), PluginLoadE
         } => err(
             LoadErrorKind::Incompatible,
             format!(
-                "built against plugin-api {actual_version}, but this kernel speaks plugin-api {expected_version} (the major versions must match; rebuild the plugin)"
-            ),
-        ),
-        LibraryError::AbiInstability(e) => err(
-            LoadErrorKind::Incompatible,
-            format!(
-                "built against plugin-api {theirs}, whose layout is incompatible with this kernel's plugin-api {API_VERSION}: {}",
-                first_line(&e.to_string())
+                "built against plugin-api {actual_version}, but this kernel speaks plugin-api {expected_version} (rebuild the plugin)"
             ),
         ),
         LibraryError::RootModule { err: e, .. } => err(
@@ -159,10 +234,17 @@ pub fn inspect(path: &Path) -> Result<PluginManifest, PluginLoadError> {
 /// `<dir of the hive binary>/../lib/hive/plugins`.
 pub fn search_path() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("HIVE_PLUGIN_PATH")
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     dirs.push(PathBuf::from("plugins"));
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(dir.join("../lib/hive/plugins"));
     }
     dirs

@@ -274,8 +274,16 @@ impl PluginSet {
             }
         }
         let set = Arc::new(PluginSet {
-            delegates: plugins.iter().filter(|p| p.hooks.contains(Hooks::BEFORE_DELEGATE)).cloned().collect(),
-            on_failed: plugins.iter().filter(|p| p.hooks.contains(Hooks::ON_TASK_FAILED)).cloned().collect(),
+            delegates: plugins
+                .iter()
+                .filter(|p| p.hooks.contains(Hooks::BEFORE_DELEGATE))
+                .cloned()
+                .collect(),
+            on_failed: plugins
+                .iter()
+                .filter(|p| p.hooks.contains(Hooks::ON_TASK_FAILED))
+                .cloned()
+                .collect(),
             plugins,
             failed,
             policy,
@@ -283,7 +291,9 @@ impl PluginSet {
             stop: CancellationToken::new(),
             threads: Mutex::new(Vec::new()),
         });
-        kernel.rt().spawn(super::host::apply_commands(Arc::downgrade(kernel), rx));
+        kernel
+            .rt()
+            .spawn(super::host::apply_commands(Arc::downgrade(kernel), rx));
         for p in &set.plugins {
             let mask = observer_mask(p.hooks);
             if mask == 0 {
@@ -293,7 +303,9 @@ impl PluginSet {
             let handle = set.spawn_observer(p.clone(), stream, kernel.rt().clone());
             match handle {
                 Ok(h) => set.threads.lock().push(h),
-                Err(e) => tracing::error!(plugin = %p.name, "cannot start the observer thread: {e}"),
+                Err(e) => {
+                    tracing::error!(plugin = %p.name, "cannot start the observer thread: {e}")
+                }
             }
         }
         Ok((set, warnings))
@@ -325,7 +337,9 @@ impl PluginSet {
             return Err(PluginLoadError::new(
                 &path,
                 LoadErrorKind::Duplicate,
-                format!("a plugin named `{name}` is already loaded (give this entry another `name`)"),
+                format!(
+                    "a plugin named `{name}` is already loaded (give this entry another `name`)"
+                ),
             ));
         }
         let declared = Hooks(
@@ -344,7 +358,10 @@ impl PluginSet {
                         return Err(PluginLoadError::new(
                             &path,
                             LoadErrorKind::ConfigRefused,
-                            format!("`hooks`: unknown hook `{h}`, expected one of {}", Hooks::ALL.names().join(", ")),
+                            format!(
+                                "`hooks`: unknown hook `{h}`, expected one of {}",
+                                Hooks::ALL.names().join(", ")
+                            ),
                         ));
                     };
                     only = only | bit;
@@ -374,7 +391,11 @@ impl PluginSet {
                 } else {
                     "failed to initialise"
                 };
-                return Err(PluginLoadError::new(&path, kind, format!("`{name}` {what}: {}", e.message)));
+                return Err(PluginLoadError::new(
+                    &path,
+                    kind,
+                    format!("`{name}` {what}: {}", e.message),
+                ));
             }
         };
         tracing::info!(plugin = %name, version = %manifest.version, "plugin loaded from {}", path.display());
@@ -411,7 +432,10 @@ impl PluginSet {
         let now = Instant::now();
         let mut recent = p.recent_errors.lock();
         recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
             recent.pop_front();
         }
         if recent.len() >= self.policy.max_errors && !p.quarantined.swap(true, Ordering::AcqRel) {
@@ -441,7 +465,10 @@ impl PluginSet {
     }
 
     /// `before_delegate` in config order; the first non-Continue answer wins.
-    pub(crate) fn before_delegate(&self, req: &DelegateRequest<'_>) -> Option<(Arc<str>, Delegate)> {
+    pub(crate) fn before_delegate(
+        &self,
+        req: &DelegateRequest<'_>,
+    ) -> Option<(Arc<str>, Delegate)> {
         for p in &self.delegates {
             if !p.wants(Hooks::BEFORE_DELEGATE) {
                 continue;
@@ -450,7 +477,9 @@ impl PluginSet {
                 RResult::ROk(d) => match d.as_enum() {
                     Ok(Delegate::Continue) => {}
                     Ok(other) => return Some((p.name.clone(), other.clone())),
-                    Err(_) => tracing::warn!(plugin = %p.name, "before_delegate answered a decision this kernel does not know; treated as Continue"),
+                    Err(_) => {
+                        tracing::warn!(plugin = %p.name, "before_delegate answered a decision this kernel does not know; treated as Continue")
+                    }
                 },
                 RResult::RErr(e) => self.failed_hook(p, "before_delegate", &e),
             }
@@ -468,7 +497,9 @@ impl PluginSet {
                 RResult::ROk(d) => match d.as_enum() {
                     Ok(OnFailure::Default) => {}
                     Ok(other) => return Some((p.name.clone(), other.clone())),
-                    Err(_) => tracing::warn!(plugin = %p.name, "on_task_failed answered a decision this kernel does not know; treated as Default"),
+                    Err(_) => {
+                        tracing::warn!(plugin = %p.name, "on_task_failed answered a decision this kernel does not know; treated as Default")
+                    }
                 },
                 RResult::RErr(e) => self.failed_hook(p, "on_task_failed", &e),
             }
@@ -514,11 +545,26 @@ impl PluginSet {
     fn deliver(&self, p: &LoadedPlugin, event: &Event) {
         let s = |x: &str| RString::from(x);
         let r: Option<(&'static str, RResult<(), PluginError>)> = match event {
-            Event::AgentSpawned { agent, role, driver, capacity } if p.wants(Hooks::AGENT_SPAWNED) => Some((
+            Event::AgentSpawned {
+                agent,
+                role,
+                driver,
+                capacity,
+            } if p.wants(Hooks::AGENT_SPAWNED) => Some((
                 "on_agent_spawned",
-                p.plugin.on_agent_spawned(&AgentEvent { agent: agent.get(), role: s(role), driver: s(driver), capacity: *capacity }),
+                p.plugin.on_agent_spawned(&AgentEvent {
+                    agent: agent.get(),
+                    role: s(role),
+                    driver: s(driver),
+                    capacity: *capacity,
+                }),
             )),
-            Event::AgentStateChanged { agent, role, from, to } if p.wants(Hooks::AGENT_STATE_CHANGED) => Some((
+            Event::AgentStateChanged {
+                agent,
+                role,
+                from,
+                to,
+            } if p.wants(Hooks::AGENT_STATE_CHANGED) => Some((
                 "on_agent_state_changed",
                 p.plugin.on_agent_state_changed(&AgentStateChange {
                     agent: agent.get(),
@@ -527,11 +573,27 @@ impl PluginSet {
                     to: s(to.name()),
                 }),
             )),
-            Event::AgentFailed { agent, role, reason, in_flight } if p.wants(Hooks::AGENT_FAILED) => Some((
+            Event::AgentFailed {
+                agent,
+                role,
+                reason,
+                in_flight,
+            } if p.wants(Hooks::AGENT_FAILED) => Some((
                 "on_agent_failed",
-                p.plugin.on_agent_failed(&AgentFailure { agent: agent.get(), role: s(role), reason: s(reason), in_flight: *in_flight }),
+                p.plugin.on_agent_failed(&AgentFailure {
+                    agent: agent.get(),
+                    role: s(role),
+                    reason: s(reason),
+                    in_flight: *in_flight,
+                }),
             )),
-            Event::TaskSubmitted { task, name, target, priority, .. } if p.wants(Hooks::TASK_SUBMITTED) => Some((
+            Event::TaskSubmitted {
+                task,
+                name,
+                target,
+                priority,
+                ..
+            } if p.wants(Hooks::TASK_SUBMITTED) => Some((
                 "on_task_submitted",
                 p.plugin.on_task_submitted(&TaskEvent {
                     task: task.get(),
@@ -542,7 +604,13 @@ impl PluginSet {
                     priority: *priority,
                 }),
             )),
-            Event::TaskDelegated { task, name, target, agent, attempt } if p.wants(Hooks::TASK_DELEGATED) => Some((
+            Event::TaskDelegated {
+                task,
+                name,
+                target,
+                agent,
+                attempt,
+            } if p.wants(Hooks::TASK_DELEGATED) => Some((
                 "on_task_delegated",
                 p.plugin.on_task_delegated(&TaskEvent {
                     task: task.get(),
@@ -553,7 +621,13 @@ impl PluginSet {
                     priority: 0,
                 }),
             )),
-            Event::TaskStarted { task, name, target, agent, attempt } if p.wants(Hooks::TASK_STARTED) => Some((
+            Event::TaskStarted {
+                task,
+                name,
+                target,
+                agent,
+                attempt,
+            } if p.wants(Hooks::TASK_STARTED) => Some((
                 "on_task_started",
                 p.plugin.on_task_started(&TaskEvent {
                     task: task.get(),
@@ -564,7 +638,15 @@ impl PluginSet {
                     priority: 0,
                 }),
             )),
-            Event::TaskCompleted { task, name, status, attempts, agent, duration_ms, error } if p.wants(Hooks::TASK_COMPLETED) => Some((
+            Event::TaskCompleted {
+                task,
+                name,
+                status,
+                attempts,
+                agent,
+                duration_ms,
+                error,
+            } if p.wants(Hooks::TASK_COMPLETED) => Some((
                 "on_task_completed",
                 p.plugin.on_task_completed(&TaskCompletion {
                     task: task.get(),
@@ -576,7 +658,12 @@ impl PluginSet {
                     error: s(error.as_deref().unwrap_or("")),
                 }),
             )),
-            Event::Metric { agent, task, name, value } if p.wants(Hooks::PERFORMANCE_METRIC) => Some((
+            Event::Metric {
+                agent,
+                task,
+                name,
+                value,
+            } if p.wants(Hooks::PERFORMANCE_METRIC) => Some((
                 "on_performance_metric",
                 p.plugin.on_performance_metric(&Metric {
                     agent: agent.get(),
@@ -586,17 +673,35 @@ impl PluginSet {
                     value: *value,
                 }),
             )),
-            Event::PluginMetric { plugin, name, value } if p.wants(Hooks::PERFORMANCE_METRIC) => Some((
+            Event::PluginMetric {
+                plugin,
+                name,
+                value,
+            } if p.wants(Hooks::PERFORMANCE_METRIC) => Some((
                 "on_performance_metric",
-                p.plugin.on_performance_metric(&Metric { agent: 0, task: 0, source: s(plugin), name: s(name), value: *value }),
+                p.plugin.on_performance_metric(&Metric {
+                    agent: 0,
+                    task: 0,
+                    source: s(plugin),
+                    name: s(name),
+                    value: *value,
+                }),
             )),
             Event::RunStarted { run, plan } if p.wants(Hooks::RUN_STARTED) => Some((
                 "on_run_started",
-                p.plugin.on_run_started(&RunEvent { run: s(run), plan: s(plan), state: s("running") }),
+                p.plugin.on_run_started(&RunEvent {
+                    run: s(run),
+                    plan: s(plan),
+                    state: s("running"),
+                }),
             )),
             Event::RunFinished { run, plan, state } if p.wants(Hooks::RUN_FINISHED) => Some((
                 "on_run_finished",
-                p.plugin.on_run_finished(&RunEvent { run: s(run), plan: s(plan), state: s(state) }),
+                p.plugin.on_run_finished(&RunEvent {
+                    run: s(run),
+                    plan: s(plan),
+                    state: s(state),
+                }),
             )),
             _ => None,
         };
@@ -642,7 +747,11 @@ impl PluginSet {
                     name: p.name.to_string(),
                     version: p.manifest.version.clone(),
                     path: p.manifest.path.display().to_string(),
-                    state: if quarantined { "quarantined".into() } else { "loaded".into() },
+                    state: if quarantined {
+                        "quarantined".into()
+                    } else {
+                        "loaded".into()
+                    },
                     reason: p.reason.lock().clone(),
                     hooks: p.hooks.names().into_iter().map(String::from).collect(),
                     errors: p.errors.load(Ordering::Relaxed),

@@ -13,7 +13,7 @@ mod db;
 mod lock;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -501,12 +501,22 @@ impl StateStore {
     ) -> Result<Writer, StateError> {
         let run_no = self.run_no(run).ok();
         let conn = db::open(&self.db, true)?;
-        Writer::start(conn, self.db.clone(), self.events_path(run), run_no, listener)
+        Writer::start(
+            conn,
+            self.db.clone(),
+            self.events_path(run),
+            run_no,
+            listener,
+        )
     }
 
     /// The number of run `id` (`runs.run_no`).
     fn run_no(&self, id: &str) -> Result<i64, StateError> {
         let conn = self.conn.lock();
+        self.run_no_locked(&conn, id)
+    }
+
+    fn run_no_locked(&self, conn: &Connection, id: &str) -> Result<i64, StateError> {
         conn.query_row("SELECT run_no FROM runs WHERE run_id = ?1", [id], |r| {
             r.get::<_, i64>(0)
         })
@@ -604,8 +614,36 @@ impl StateStore {
                 })
             })
             .map_err(self.m())?
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<StepRecord>, _>>()
             .map_err(self.m())?;
+        drop(st);
+        // A step's row is written when it ends; a running attempt says it runs now.
+        let (lo, hi) = db::attempt_range(self.run_no_locked(&conn, id)?);
+        let mut st = conn
+            .prepare(
+                "SELECT step_no, attempt, started_at FROM attempts WHERE id BETWEEN ?1 AND ?2 AND state = 'running'",
+            )
+            .map_err(self.m())?;
+        let running: HashMap<u32, (u32, Option<Timestamp>)> = st
+            .query_map(rusqlite::params![lo, hi], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    (r.get::<_, u32>(1)?, parse_ts(r.get(2)?)),
+                ))
+            })
+            .map_err(self.m())?
+            .collect::<Result<_, _>>()
+            .map_err(self.m())?;
+        let mut rows = rows;
+        for s in rows.iter_mut() {
+            if let Some((attempt, started)) = running.get(&s.step_no) {
+                if !s.state.is_terminal() {
+                    s.state = StepState::Running;
+                    s.attempts = s.attempts.max(*attempt);
+                    s.started_at = *started;
+                }
+            }
+        }
         Ok(rows)
     }
 
@@ -648,10 +686,12 @@ impl StateStore {
             .map_err(self.m())?;
         let rows = st
             .query_map(
-                rusqlite::params![db::event_key(run_no, after), db::event_key(run_no, u64::MAX)],
-                |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
+                rusqlite::params![
+                    db::event_key(run_no, after),
+                    db::event_key(run_no, u64::MAX)
+                ],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
             .map_err(self.m())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.m())?;

@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -127,10 +126,20 @@ pub(crate) struct Progress {
     pub(crate) error: Option<Arc<str>>,
 }
 
-/// The executor's end of a writer thread.
+/// Operations handed to the writer thread, and whether the executor is done.
+#[derive(Debug, Default)]
+struct Shared {
+    queue: parking_lot::Mutex<(Vec<Op>, bool)>,
+    wake: parking_lot::Condvar,
+}
+
+/// The executor's end of a writer thread. Operations are collected without any
+/// synchronisation and handed over by [`Writer::flush`] (once per turn of the executor's
+/// loop), so that everything one turn produced is committed in one transaction.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    tx: Option<mpsc::Sender<Op>>,
+    shared: Arc<Shared>,
+    pending: Vec<Op>,
     sent: u64,
     progress: watch::Receiver<Progress>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -144,7 +153,8 @@ impl Writer {
         run_no: Option<i64>,
         listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
     ) -> Result<Writer, StateError> {
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let rx = shared.clone();
         let (ptx, prx) = watch::channel(Progress::default());
         let thread = std::thread::Builder::new()
             .name("hive-state".into())
@@ -166,20 +176,41 @@ impl Writer {
                 source,
             })?;
         Ok(Writer {
-            tx: Some(tx),
+            shared,
+            pending: Vec::with_capacity(64),
             sent: 0,
             progress: prx,
             thread: Some(thread),
         })
     }
 
-    /// Queues `op`; returns its number (it is on disk once `committed() >= number`).
+    /// Queues `op` (handed over at the next [`Writer::flush`]); returns its number (it is on
+    /// disk once `committed() >= number`).
     pub(crate) fn send(&mut self, op: Op) -> u64 {
         self.sent += 1;
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(op);
-        }
+        self.pending.push(op);
         self.sent
+    }
+
+    /// Hands the queued operations to the writer thread.
+    pub(crate) fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut q = self.shared.queue.lock();
+        if q.0.is_empty() {
+            std::mem::swap(&mut q.0, &mut self.pending);
+        } else {
+            q.0.append(&mut self.pending);
+        }
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    fn close(&mut self) {
+        self.flush();
+        self.shared.queue.lock().1 = true;
+        self.shared.wake.notify_one();
     }
 
     /// Operations on disk, or the error that stopped the writer.
@@ -200,6 +231,7 @@ impl Writer {
 
     /// Waits until operation `n` is on disk.
     pub(crate) async fn wait_for(&mut self, n: u64) -> Result<(), StateError> {
+        self.flush();
         loop {
             if self.committed()? >= n {
                 return Ok(());
@@ -220,7 +252,7 @@ impl Writer {
     pub(crate) async fn finish(mut self) -> Result<(), StateError> {
         let n = self.sent;
         let r = self.wait_for(n).await;
-        self.tx = None;
+        self.close();
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -230,8 +262,8 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after it has written what it has.
-        self.tx = None;
+        // The thread ends after it has written what it has.
+        self.close();
     }
 }
 
@@ -247,39 +279,57 @@ struct Thread {
     committed: u64,
 }
 
-thread_local! { static STATS: std::cell::RefCell<(u64, u64)> = const { std::cell::RefCell::new((0, 0)) }; }
-
-/// Largest batch in one transaction.
-const MAX_BATCH: usize = 8192;
+thread_local! { static STATS: std::cell::RefCell<(u64, u64, f64, f64)> = const { std::cell::RefCell::new((0, 0, 0.0, 0.0)) }; }
 
 impl Thread {
-    fn run(&mut self, rx: mpsc::Receiver<Op>) {
+    /// Takes everything queued, waiting for something; empty once closed and drained.
+    fn next_batch(shared: &Shared, batch: &mut Vec<Op>) {
+        let mut q = shared.queue.lock();
+        while q.0.is_empty() && !q.1 {
+            shared.wake.wait(&mut q);
+        }
+        std::mem::swap(&mut q.0, batch);
+    }
+
+    fn run(&mut self, rx: Arc<Shared>) {
         let mut batch: Vec<Op> = Vec::with_capacity(256);
-        let mut events: Vec<Arc<RunEvent>> = Vec::with_capacity(256);
-        while let Ok(first) = rx.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
+        let mut events: Vec<(Arc<RunEvent>, String)> = Vec::with_capacity(256);
+        loop {
+            Self::next_batch(&rx, &mut batch);
+            if batch.is_empty() {
+                break;
             }
             let n = batch.len() as u64;
             if std::env::var_os("HIVE_EXP_STATS").is_some() {
-                STATS.with(|c| { let mut c = c.borrow_mut(); c.0 += 1; c.1 += n; });
+                STATS.with(|c| {
+                    let mut c = c.borrow_mut();
+                    c.0 += 1;
+                    c.1 += n;
+                });
             }
-            if let Err(e) = self.apply(&mut batch, &mut events) {
+            let t0 = std::time::Instant::now();
+            let r = self.apply(&mut batch, &mut events);
+            let t1 = t0.elapsed().as_secs_f64();
+            if std::env::var_os("HIVE_EXP_STATS").is_some() {
+                STATS.with(|c| c.borrow_mut().2 += t1);
+            }
+            if let Err(e) = r {
                 let msg: Arc<str> = Arc::from(e.to_string());
                 tracing::error!("state writer: {msg}");
                 self.progress.send_modify(|p| p.error = Some(msg));
-                // Keep draining (answering reads with nothing) so that senders never block.
-                batch.clear();
-                while let Ok(op) = rx.recv() {
-                    if let Op::CacheGet { reply, .. } = op {
-                        let _ = reply.send(None);
+                // Keep draining (answering reads with nothing) until the executor is done.
+                loop {
+                    batch.clear();
+                    Self::next_batch(&rx, &mut batch);
+                    if batch.is_empty() {
+                        return;
+                    }
+                    for op in batch.drain(..) {
+                        if let Op::CacheGet { reply, .. } = op {
+                            let _ = reply.send(None);
+                        }
                     }
                 }
-                return;
             }
             if let Err(e) = self.append_jsonl(&events) {
                 tracing::warn!("state writer: {}: {e}", self.jsonl_path.display());
@@ -289,26 +339,42 @@ impl Thread {
             self.progress.send_modify(|p| p.committed = c);
             match &self.listener {
                 Some(l) => {
-                    for ev in events.drain(..) {
+                    for (ev, _) in events.drain(..) {
                         let _ = l.send(ev);
                     }
                 }
                 None => events.clear(),
             }
+            if std::env::var_os("HIVE_EXP_STATS").is_some() {
+                STATS.with(|c| c.borrow_mut().3 += t0.elapsed().as_secs_f64());
+            }
         }
+        // The run's writes are done: fold the WAL into the database.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         if std::env::var_os("HIVE_EXP_STATS").is_some() {
-            STATS.with(|c| { let c = c.borrow(); eprintln!("writer: {} commits, {} ops, {:.1} ops/commit", c.0, c.1, c.1 as f64 / c.0.max(1) as f64); });
+            STATS.with(|c| {
+                let c = c.borrow();
+                eprintln!(
+                    "writer: {} commits, {} ops, {:.1} ops/commit, apply {:.3}s total {:.3}s",
+                    c.0,
+                    c.1,
+                    c.1 as f64 / c.0.max(1) as f64,
+                    c.2,
+                    c.3
+                );
+            });
         }
     }
 
     fn apply(
         &mut self,
         batch: &mut Vec<Op>,
-        events: &mut Vec<Arc<RunEvent>>,
+        events: &mut Vec<(Arc<RunEvent>, String)>,
     ) -> Result<(), StateError> {
         let path = self.db_path.clone();
         let m = |e| db::map_err(&path, e);
-        let gone = |what: &str| StateError::WriterGone(format!("{what} before the run was created"));
+        let gone =
+            |what: &str| StateError::WriterGone(format!("{what} before the run was created"));
         let mut run_no = self.run_no;
         let tx = self.conn.transaction().map_err(m)?;
         for op in batch.drain(..) {
@@ -358,8 +424,8 @@ impl Thread {
                 }
                 Op::Event { ev, no, update } => {
                     let r = run_no.ok_or_else(|| gone("an event"))?;
-                    event(&tx, r, no, &ev, update).map_err(m)?;
-                    events.push(ev);
+                    let data = event(&tx, r, no, &ev, update).map_err(m)?;
+                    events.push((ev, data));
                 }
                 Op::CacheGet { key, reply } => {
                     let hit = tx
@@ -388,13 +454,13 @@ impl Thread {
         Ok(())
     }
 
-    fn append_jsonl(&mut self, events: &[Arc<RunEvent>]) -> std::io::Result<()> {
+    fn append_jsonl(&mut self, events: &[(Arc<RunEvent>, String)]) -> std::io::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         if self.jsonl.is_none() {
             if let Some(run_no) = self.run_no {
-                reconcile_jsonl(&self.conn, &self.jsonl_path, run_no, events[0].seq)?;
+                reconcile_jsonl(&self.conn, &self.jsonl_path, run_no, events[0].0.seq)?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -403,8 +469,8 @@ impl Thread {
             self.jsonl = Some(BufWriter::with_capacity(64 * 1024, f));
         }
         if let Some(out) = &mut self.jsonl {
-            for ev in events {
-                serde_json::to_writer(&mut *out, &**ev)?;
+            for (_, data) in events {
+                out.write_all(data.as_bytes())?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
@@ -419,7 +485,7 @@ fn event(
     no: u32,
     ev: &RunEvent,
     update: Update,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<String> {
     let at = ts(ev.at);
     let key = db::step_key(run_no, no);
     match update {
@@ -437,10 +503,8 @@ fn event(
                 "INSERT OR REPLACE INTO attempts (id, run_no, step_no, attempt, state, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
             )?
             .execute(params![db::attempt_key(run_no, no, attempt), run_no, no, attempt, at])?;
-            tx.prepare_cached(
-                "UPDATE steps SET state = 'running', attempts = ?2, started_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![key, attempt, at])?;
+            // The step's own row is updated when it ends; until then readers derive `running`
+            // from this attempt (one write less on the hot path).
         }
         Update::Expand => {
             tx.prepare_cached("UPDATE steps SET state = 'running', started_at = ?2 WHERE id = ?1")?
@@ -484,18 +548,16 @@ fn event(
     }
     let data = serde_json::to_string(ev).unwrap_or_default();
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO events (id, run_no, seq, at, type, step_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO events (id, run_no, seq, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         db::event_key(run_no, ev.seq),
         run_no,
         ev.seq as i64,
-        at,
         ev.kind.type_name(),
-        ev.kind.step().map(|s| &**s),
-        data
+        &data
     ])?;
-    Ok(())
+    Ok(data)
 }
 
 fn end_attempt(
@@ -594,10 +656,7 @@ fn reconcile_jsonl(conn: &Connection, path: &Path, run_no: i64, next: u64) -> st
         .map_err(std::io::Error::other)?;
     let rows = st
         .query_map(
-            params![
-                db::event_key(run_no, last_seq),
-                db::event_key(run_no, next)
-            ],
+            params![db::event_key(run_no, last_seq), db::event_key(run_no, next)],
             |r| r.get::<_, String>(0),
         )
         .map_err(std::io::Error::other)?;

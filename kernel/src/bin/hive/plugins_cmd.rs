@@ -48,11 +48,20 @@ async fn list(path: PathBuf, json: bool) -> Result<u8, Exit> {
     let plugins: Vec<PluginHealth> = kernel.health().plugins;
     kernel.shutdown(hive_kernel::ShutdownMode::Now).await;
     if json {
-        say!("{}", serde_json::to_string_pretty(&plugins).unwrap_or_default());
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&plugins).unwrap_or_default()
+        );
     } else if plugins.is_empty() {
         say!("no [[plugins]] in {}", path.display());
     } else {
-        say!("{:<16} {:<9} {:<12} {:<48} PATH", "NAME", "VERSION", "STATE", "HOOKS");
+        say!(
+            "{:<16} {:<9} {:<12} {:<48} PATH",
+            "NAME",
+            "VERSION",
+            "STATE",
+            "HOOKS"
+        );
         for p in &plugins {
             say!(
                 "{:<16} {:<9} {:<12} {:<48} {}",
@@ -67,7 +76,11 @@ async fn list(path: PathBuf, json: bool) -> Result<u8, Exit> {
             }
         }
     }
-    Ok(if plugins.iter().all(|p| p.state == "loaded") { 0 } else { 1 })
+    Ok(if plugins.iter().all(|p| p.state == "loaded") {
+        0
+    } else {
+        1
+    })
 }
 
 fn inspect(file: PathBuf, json: bool) -> Result<u8, Exit> {
@@ -78,7 +91,11 @@ fn inspect(file: PathBuf, json: bool) -> Result<u8, Exit> {
             } else {
                 say!("name:        {}", m.name);
                 say!("version:     {}", m.version);
-                say!("api_version: {} (this kernel: {})", m.api_version, hive_plugin_api::API_VERSION);
+                say!(
+                    "api_version: {} (this kernel: {})",
+                    m.api_version,
+                    hive_plugin_api::API_VERSION
+                );
                 say!("hooks:       {}", m.hooks.join(", "));
                 say!("description: {}", m.description);
                 say!("path:        {}", m.path.display());

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Outcome,
-    ProcessConfig, ProcessDriver, RetryPolicy, ShutdownMode, Status, TaskSpec, Timestamp,
+    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Outcome, ProcessConfig,
+    ProcessDriver, RetryPolicy, ShutdownMode, Status, TaskSpec, Timestamp,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -36,7 +36,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) max_concurrency: Option<u32>,
     /// Per-task timeout in seconds (a task's own `timeout_s` wins).
-    #[arg(long, default_value_t = 300.0, value_name = "S", conflicts_with = "plan")]
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "S",
+        conflicts_with = "plan"
+    )]
     timeout: f64,
     /// Retries of a failed task (a task's own `retries` wins).
     #[arg(long, default_value_t = 0, conflicts_with = "plan")]
@@ -270,7 +275,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
             .map_err(|e| Exit::failed(e.to_string()))?;
     }
     let failures =
-        crate::setup::spawn_pools(&kernel, pools.iter().filter(|p| wanted.contains(&*p.role))).await?;
+        crate::setup::spawn_pools(&kernel, pools.iter().filter(|p| wanted.contains(&*p.role)))
+            .await?;
     if let Some(first) = failures.first() {
         kernel.shutdown(ShutdownMode::Now).await;
         return Err(Exit::failed(first.clone()));

@@ -30,7 +30,9 @@ struct Testkit {
 
 fn listed(cfg: &Value, key: &str, hook: &str) -> bool {
     match cfg.get(key) {
-        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(hook) || v.as_str() == Some("all")),
+        Some(Value::Array(a)) => a
+            .iter()
+            .any(|v| v.as_str() == Some(hook) || v.as_str() == Some("all")),
         Some(Value::String(s)) => s == hook || s == "all",
         _ => false,
     }
@@ -46,20 +48,30 @@ impl Testkit {
             }
         }
         if listed(&self.cfg, "sleep_in", hook) {
-            let ms = self.cfg.get("sleep_ms").and_then(Value::as_u64).unwrap_or(1000);
+            let ms = self
+                .cfg
+                .get("sleep_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(1000);
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         if listed(&self.cfg, "panic", hook) {
             panic!("testkit panics in {hook} as configured");
         }
         if listed(&self.cfg, "fail", hook) {
-            return Err(PluginError::hook(format!("testkit fails in {hook} as configured")));
+            return Err(PluginError::hook(format!(
+                "testkit fails in {hook} as configured"
+            )));
         }
         Ok(())
     }
 
     fn rules(&self, key: &str) -> Vec<Value> {
-        self.cfg.get(key).and_then(Value::as_array).cloned().unwrap_or_default()
+        self.cfg
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -80,13 +92,29 @@ impl HivePlugin for Testkit {
     fn new(config_json: &str, ctx: PluginContext) -> Result<Self, PluginError> {
         let cfg: Value = serde_json::from_str(config_json)
             .map_err(|e| PluginError::config(format!("config is not JSON: {e}")))?;
-        if cfg.get("refuse_config").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(PluginError::config("`refuse_config` is set: this config is refused"));
+        if cfg
+            .get("refuse_config")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            return Err(PluginError::config(
+                "`refuse_config` is set: this config is refused",
+            ));
         }
-        if cfg.get("fail_init").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(PluginError::init("cannot reach the test database (as configured)"));
+        if cfg
+            .get("fail_init")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            return Err(PluginError::init(
+                "cannot reach the test database (as configured)",
+            ));
         }
-        if cfg.get("panic_init").and_then(Value::as_bool).unwrap_or(false) {
+        if cfg
+            .get("panic_init")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             panic!("testkit panics while starting, as configured");
         }
         let record = match cfg.get("record").and_then(Value::as_str) {
@@ -95,7 +123,9 @@ impl HivePlugin for Testkit {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| PluginError::config(format!("`record`: cannot open {path}: {e}")))?,
+                    .map_err(|e| {
+                        PluginError::config(format!("`record`: cannot open {path}: {e}"))
+                    })?,
             )),
             None => None,
         };
@@ -116,22 +146,34 @@ impl HivePlugin for Testkit {
         self.hook("agent_spawned", format!("{} {}", e.agent, e.role))
     }
     fn on_agent_state_changed(&self, e: &AgentStateChange) -> Result<(), PluginError> {
-        self.hook("agent_state_changed", format!("{} {} {}", e.agent, e.from, e.to))
+        self.hook(
+            "agent_state_changed",
+            format!("{} {} {}", e.agent, e.from, e.to),
+        )
     }
     fn on_agent_failed(&self, e: &AgentFailure) -> Result<(), PluginError> {
         self.hook("agent_failed", format!("{} {}", e.agent, e.reason))
     }
     fn on_task_submitted(&self, e: &TaskEvent) -> Result<(), PluginError> {
-        self.hook("task_submitted", format!("{} {} {}", e.task, e.name, target_str(&e.target)))
+        self.hook(
+            "task_submitted",
+            format!("{} {} {}", e.task, e.name, target_str(&e.target)),
+        )
     }
     fn on_task_delegated(&self, e: &TaskEvent) -> Result<(), PluginError> {
-        self.hook("task_delegated", format!("{} {} {}", e.task, e.name, e.agent))
+        self.hook(
+            "task_delegated",
+            format!("{} {} {}", e.task, e.name, e.agent),
+        )
     }
     fn on_task_started(&self, e: &TaskEvent) -> Result<(), PluginError> {
         self.hook("task_started", format!("{} {} {}", e.task, e.name, e.agent))
     }
     fn on_task_completed(&self, e: &TaskCompletion) -> Result<(), PluginError> {
-        let r = self.hook("task_completed", format!("{} {} {}", e.task, e.name, e.status));
+        let r = self.hook(
+            "task_completed",
+            format!("{} {} {}", e.task, e.name, e.status),
+        );
         if let Some(role) = self.cfg.get("spawn_on_completed").and_then(Value::as_str) {
             if self.spawned.fetch_add(1, Ordering::Relaxed) == 0 {
                 self.ctx.spawn_agent(role)?;
@@ -150,7 +192,10 @@ impl HivePlugin for Testkit {
     }
 
     fn before_delegate(&self, r: &DelegateRequest<'_>) -> Result<Delegate, PluginError> {
-        self.hook("before_delegate", format!("{} {} {}", r.task, r.name, r.attempt))?;
+        self.hook(
+            "before_delegate",
+            format!("{} {} {}", r.task, r.name, r.attempt),
+        )?;
         for rule in self.rules("delegate") {
             if let Some(n) = rule.get("name").and_then(Value::as_str) {
                 if n != r.name.as_str() {
@@ -159,13 +204,27 @@ impl HivePlugin for Testkit {
             }
             let d = match rule.get("do").and_then(Value::as_str) {
                 Some("short_circuit") => Delegate::ShortCircuit {
-                    output_json: rule.get("output").cloned().unwrap_or(Value::Null).to_string().into(),
+                    output_json: rule
+                        .get("output")
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                        .to_string()
+                        .into(),
                 },
                 Some("reject") => Delegate::Reject {
-                    reason: rule.get("reason").and_then(Value::as_str).unwrap_or("no").into(),
+                    reason: rule
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no")
+                        .into(),
                 },
                 Some("defer") => {
-                    if !self.deferred.lock().map(|mut d| d.insert(r.task)).unwrap_or(false) {
+                    if !self
+                        .deferred
+                        .lock()
+                        .map(|mut d| d.insert(r.task))
+                        .unwrap_or(false)
+                    {
                         continue; // once per task
                     }
                     Delegate::Defer {
@@ -177,7 +236,9 @@ impl HivePlugin for Testkit {
                     if r.target.name.as_str() == role {
                         continue; // already there
                     }
-                    Delegate::Reroute { target: Target::role(role) }
+                    Delegate::Reroute {
+                        target: Target::role(role),
+                    }
                 }
                 Some("reroute_forever") => Delegate::Reroute {
                     target: Target::role(rule.get("role").and_then(Value::as_str).unwrap_or("")),
@@ -190,7 +251,10 @@ impl HivePlugin for Testkit {
     }
 
     fn on_task_failed(&self, f: &FailureInfo<'_>) -> Result<OnFailure, PluginError> {
-        self.hook("on_task_failed", format!("{} {} {}", f.task, f.attempt, f.error))?;
+        self.hook(
+            "on_task_failed",
+            format!("{} {} {}", f.task, f.attempt, f.error),
+        )?;
         for rule in self.rules("on_failed") {
             if let Some(m) = rule.get("error_contains").and_then(Value::as_str) {
                 if !f.error.as_str().contains(m) {
@@ -203,7 +267,12 @@ impl HivePlugin for Testkit {
                 },
                 Some("give_up") => OnFailure::GiveUp,
                 Some("fallback") => OnFailure::Fallback {
-                    output_json: rule.get("output").cloned().unwrap_or(Value::Null).to_string().into(),
+                    output_json: rule
+                        .get("output")
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                        .to_string()
+                        .into(),
                 },
                 _ => continue,
             });
