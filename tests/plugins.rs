@@ -11,7 +11,7 @@ use hive_kernel::{
     AgentSpec, Event, InprocDriver, Kernel, LoadErrorKind, Outcome, PluginSpec, QuarantinePolicy,
     RetryPolicy, ShutdownMode, Status, TaskError, TaskSpec,
 };
-use hive_tests::{plugin_lib, scratch};
+use hive_tests::{plugin_lib, scratch, Hive};
 use serde_json::{json, Value};
 
 fn testkit(config: Value) -> PluginSpec {
@@ -176,6 +176,7 @@ async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
     let k = Kernel::builder()
         .event_capacity(64)
         .queue_capacity(100_000)
+        .grace_period(Duration::from_secs(1))
         .build()
         .expect("kernel");
     k.load_plugins(
@@ -210,6 +211,10 @@ async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
         k.health().plugins
     );
     assert_eq!(k.health().plugins[0].hooks, vec!["task_completed"]);
+    // Shutdown does not wait for the backlog of a slow plugin past the grace period.
+    let t0 = Instant::now();
+    k.shutdown(ShutdownMode::Graceful).await;
+    assert!(t0.elapsed() < Duration::from_secs(4), "shutdown waited {:?} for a slow plugin", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,4 +538,104 @@ fn a_plugin_built_against_another_major_is_refused_with_both_versions() {
 fn hive_plugin_api_version() -> &'static str {
     // The kernel's plugin-api version, as the loader reports it.
     "1.1.0"
+}
+
+// ------------------------------------------------------------------ through `hive` itself --
+
+/// A hive.toml in `dir` with one process pool `sh` and the given `[[plugins]]` entries.
+fn config_with(dir: &Path, plugins: &str) -> PathBuf {
+    let cfg = dir.join("hive.toml");
+    std::fs::write(
+        &cfg,
+        format!("[kernel]\nstate_dir = \"state\"\nplugin_max_errors = 3\n\n[[pools]]\nrole = \"sh\"\ndriver = \"process\"\ncapacity = 4\n\n{plugins}"),
+    )
+    .expect("write config");
+    cfg
+}
+
+#[test]
+fn hive_plugins_inspect_shows_a_manifest_or_why_not() {
+    let dir = scratch("cli-inspect");
+    let lib = plugin_lib("hive_testkit");
+    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&lib]).args(["--json"]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let m: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!((m["name"].as_str(), m["api_version"].as_str()), (Some("testkit"), Some("1.1.0")));
+    assert!(m["hooks"].as_array().is_some_and(|h| h.len() == 12), "{m}");
+
+    let text = dir.join("fake.so");
+    std::fs::write(&text, "hello").expect("write");
+    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&text]).run();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("fake.so") && out.stderr.contains("not a shared library"), "{out:?}");
+    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([system_library()]).run();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("not a Hive plugin"), "{out:?}");
+    let old = hive_tests::repo_root().join("target/compat/target/debug/libcompat_v2_0.so");
+    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&old]).run();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("2.0.0") && out.stderr.contains("1.1.0"), "{out:?}");
+}
+
+#[test]
+fn a_run_with_a_panicking_plugin_completes_and_exits_0() {
+    let dir = scratch("cli-panicky");
+    let cfg = config_with(
+        &dir,
+        &format!("[[plugins]]\npath = \"{}\"\n[plugins.config]\npanic = \"all\"\n", plugin_lib("hive_testkit").display()),
+    );
+    let tasks: Vec<Value> = (0..8).map(|i| json!({"id": format!("t{i}"), "command": "true"})).collect();
+    let out = Hive::new(&dir)
+        .args(["run", "--config"])
+        .args([&cfg])
+        .args(["--tasks", &serde_json::to_string(&tasks).expect("json"), "--json"])
+        .run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(v["tasks"].as_array().is_some_and(|t| t.len() == 8 && t.iter().all(|t| t["status"] == "succeeded")), "{v}");
+    assert!(out.stderr.contains("quarantined"), "the quarantine is logged: {out:?}");
+}
+
+#[test]
+fn a_required_plugin_that_fails_stops_startup_before_any_task_runs() {
+    let dir = scratch("cli-required");
+    let marker = dir.join("ran");
+    let cfg = config_with(
+        &dir,
+        &format!("[[plugins]]\npath = \"{}\"\n[plugins.config]\nrefuse_config = true\n", plugin_lib("hive_testkit").display()),
+    );
+    let task = json!([{"command": "touch", "args": [marker]}]).to_string();
+    let out = Hive::new(&dir).args(["run", "--config"]).args([&cfg]).args(["--tasks", &task]).run();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("refused its config") && out.stderr.contains("hive.toml"), "{out:?}");
+    assert!(!marker.exists(), "no task may run when a required plugin fails to load");
+
+    // Optional: a warning, and the run goes on.
+    let cfg = config_with(&dir, "[[plugins]]\npath = \"missing.so\"\noptional = true\n");
+    let out = Hive::new(&dir).args(["run", "--config"]).args([&cfg]).args(["--tasks", &task]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("warning: optional plugin") && out.stderr.contains("missing.so"), "{out:?}");
+    assert!(marker.exists());
+}
+
+#[test]
+fn hive_plugins_list_loads_the_config_plugins() {
+    let dir = scratch("cli-list");
+    let lib = plugin_lib("hive_testkit");
+    let cfg = config_with(
+        &dir,
+        &format!(
+            "[[plugins]]\nname = \"rec\"\npath = \"{}\"\nhooks = [\"task_completed\"]\n\n[[plugins]]\nname = \"ghost\"\npath = \"nope.so\"\noptional = true\n",
+            lib.display()
+        ),
+    );
+    let out = Hive::new(&dir).args(["plugins", "list", "--json", "--config"]).args([&cfg]).run();
+    assert_eq!(out.code, 1, "a failed optional plugin makes list exit 1: {out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v[0]["name"], "rec");
+    assert_eq!(v[0]["state"], "loaded");
+    assert_eq!(v[0]["hooks"], json!(["task_completed"]));
+    assert_eq!((v[1]["name"].as_str(), v[1]["state"].as_str()), (Some("ghost"), Some("failed")));
+    let out = Hive::new(&dir).args(["plugins", "list", "--config"]).args([dir.join("absent.toml")]).run();
+    assert_eq!(out.code, 2, "{out:?}");
 }

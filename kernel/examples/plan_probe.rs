@@ -115,15 +115,17 @@ async fn noop(steps: usize, width: usize, conc: usize, state: Option<PathBuf>) {
             let run = PlanRun::start(&k, plan.clone(), store.as_ref(), opts)
                 .await
                 .expect("start");
+            let created = t.elapsed().as_secs_f64();
             let report = run.execute().await.expect("run");
             let secs = t.elapsed().as_secs_f64();
             assert_eq!(report.steps.len(), plan.len());
             println!(
-                "noop {} steps, concurrency {conc}, durable state {}: {:.3}s, {:.0} steps/s (rep {rep}, {})",
+                "noop {} steps, concurrency {conc}, durable state {}: {:.3}s, {:.0} steps/s (run created in {:.3}s; rep {rep}, {})",
                 plan.len(),
                 if mode.is_some() { "on" } else { "off" },
                 secs,
                 plan.len() as f64 / secs,
+                created,
                 report.state
             );
             k.shutdown(hive_kernel::ShutdownMode::Now).await;

@@ -401,8 +401,8 @@ pub(crate) struct TaskEntry {
     batch: Option<Arc<BatchCell>>,
     queued_at: Timestamp,
     st: Mutex<TaskRun>,
-    /// Its payload as JSON and its target, for plugins' decision hooks (built once).
-    abi: std::sync::OnceLock<(String, hive_plugin_api::Target)>,
+    /// Its payload as JSON, for plugins' decision hooks (built once).
+    payload_json: std::sync::OnceLock<String>,
 }
 
 struct BatchCell {
@@ -588,7 +588,8 @@ impl Kernel {
             self.inner.cancel(id);
         }
         if let Some(set) = self.inner.plugins.get().cloned() {
-            let _ = tokio::task::spawn_blocking(move || set.stop()).await;
+            let within = self.inner.grace;
+            let _ = tokio::task::spawn_blocking(move || set.stop(within)).await;
         }
         self.inner.stop.cancel();
     }
@@ -1028,7 +1029,7 @@ impl Inner {
                 reroute: None,
                 redirects: 0,
             }),
-            abi: std::sync::OnceLock::new(),
+            payload_json: std::sync::OnceLock::new(),
         });
         self.tasks.insert(id, entry.clone());
         entry.route.stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -1315,17 +1316,14 @@ impl Inner {
         } = s;
         let (agent_id, task_id, attempt) = (agent.id, entry.id, *attempt);
         if let Some(set) = self.plugins.get().filter(|p| p.has_delegate_hooks()) {
-            let (payload, target) = entry.abi.get_or_init(|| {
-                (
-                    serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()),
-                    abi_target(&entry.spec.target),
-                )
-            });
-            let rerouted = entry.st.lock().reroute.as_ref().map(abi_target);
+            let payload = entry
+                .payload_json
+                .get_or_init(|| serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()));
+            let rerouted = entry.st.lock().reroute.clone();
             let req = hive_plugin_api::DelegateRequest {
                 task: task_id.get(),
                 name: entry.spec.name.as_deref().unwrap_or("").into(),
-                target: rerouted.as_ref().unwrap_or(target),
+                target: abi_target(rerouted.as_ref().unwrap_or(&entry.spec.target)),
                 agent: agent_id.get(),
                 attempt,
                 priority: entry.spec.priority,
@@ -1455,16 +1453,10 @@ impl Inner {
     ) -> Option<hive_plugin_api::OnFailure> {
         let set = self.plugins.get().filter(|p| p.has_failure_hooks())?;
         let entry = &s.entry;
-        let (_, target) = entry.abi.get_or_init(|| {
-            (
-                serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()),
-                abi_target(&entry.spec.target),
-            )
-        });
         let info = hive_plugin_api::FailureInfo {
             task: entry.id.get(),
             name: entry.spec.name.as_deref().unwrap_or("").into(),
-            target,
+            target: abi_target(&entry.spec.target),
             agent: s.agent.id.get(),
             attempt: s.attempt,
             max_attempts: entry.spec.retry.max_attempts,

@@ -48,35 +48,35 @@ pub type HostHandle = Host_TO<'static, RArc<()>>;
 #[sabi_trait]
 pub trait Plugin: Send + Sync {
     /// An agent was registered.
-    fn on_agent_spawned(&self, _e: &AgentEvent) -> RResult<(), PluginError> {
+    fn on_agent_spawned(&self, _e: &AgentEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// An agent changed state.
-    fn on_agent_state_changed(&self, _e: &AgentStateChange) -> RResult<(), PluginError> {
+    fn on_agent_state_changed(&self, _e: &AgentStateChange<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// An agent failed.
-    fn on_agent_failed(&self, _e: &AgentFailure) -> RResult<(), PluginError> {
+    fn on_agent_failed(&self, _e: &AgentFailure<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// A task entered the kernel.
-    fn on_task_submitted(&self, _e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_submitted(&self, _e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// A task was handed to an agent.
-    fn on_task_delegated(&self, _e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_delegated(&self, _e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// An attempt started.
-    fn on_task_started(&self, _e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_started(&self, _e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// A task ended (every task, short-circuited ones included).
-    fn on_task_completed(&self, _e: &TaskCompletion) -> RResult<(), PluginError> {
+    fn on_task_completed(&self, _e: &TaskCompletion<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// A metric was reported (by an agent or a plugin).
-    fn on_performance_metric(&self, _e: &Metric) -> RResult<(), PluginError> {
+    fn on_performance_metric(&self, _e: &Metric<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// Decision: before a task is delegated to an agent. `Continue` lets it go.
@@ -98,11 +98,11 @@ pub trait Plugin: Send + Sync {
     }
     // api-since-1.1 {
     /// A run (of a plan) started. Added in 1.1.
-    fn on_run_started(&self, _e: &RunEvent) -> RResult<(), PluginError> {
+    fn on_run_started(&self, _e: &RunEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     /// A run finished. Added in 1.1.
-    fn on_run_finished(&self, _e: &RunEvent) -> RResult<(), PluginError> {
+    fn on_run_finished(&self, _e: &RunEvent<'_>) -> RResult<(), PluginError> {
         ROk(())
     }
     // } api-since-1.1

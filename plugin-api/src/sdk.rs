@@ -84,44 +84,44 @@ pub trait HivePlugin: Send + Sync + Sized + 'static {
     fn new(config_json: &str, ctx: PluginContext) -> Result<Self, PluginError>;
 
     /// See [`Plugin::on_agent_spawned`].
-    fn on_agent_spawned(&self, _e: &AgentEvent) -> Result<(), PluginError> {
+    fn on_agent_spawned(&self, _e: &AgentEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_agent_state_changed`].
-    fn on_agent_state_changed(&self, _e: &AgentStateChange) -> Result<(), PluginError> {
+    fn on_agent_state_changed(&self, _e: &AgentStateChange<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_agent_failed`].
-    fn on_agent_failed(&self, _e: &AgentFailure) -> Result<(), PluginError> {
+    fn on_agent_failed(&self, _e: &AgentFailure<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_task_submitted`].
-    fn on_task_submitted(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_submitted(&self, _e: &TaskEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_task_delegated`].
-    fn on_task_delegated(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_delegated(&self, _e: &TaskEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_task_started`].
-    fn on_task_started(&self, _e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_started(&self, _e: &TaskEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_task_completed`].
-    fn on_task_completed(&self, _e: &TaskCompletion) -> Result<(), PluginError> {
+    fn on_task_completed(&self, _e: &TaskCompletion<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_performance_metric`].
-    fn on_performance_metric(&self, _e: &Metric) -> Result<(), PluginError> {
+    fn on_performance_metric(&self, _e: &Metric<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     // api-since-1.1 {
     /// See [`Plugin::on_run_started`].
-    fn on_run_started(&self, _e: &RunEvent) -> Result<(), PluginError> {
+    fn on_run_started(&self, _e: &RunEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     /// See [`Plugin::on_run_finished`].
-    fn on_run_finished(&self, _e: &RunEvent) -> Result<(), PluginError> {
+    fn on_run_finished(&self, _e: &RunEvent<'_>) -> Result<(), PluginError> {
         Ok(())
     }
     // } api-since-1.1
@@ -205,28 +205,28 @@ impl<P> Guarded<P> {
 }
 
 impl<P: HivePlugin> Plugin for Guarded<P> {
-    fn on_agent_spawned(&self, e: &AgentEvent) -> RResult<(), PluginError> {
+    fn on_agent_spawned(&self, e: &AgentEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_agent_spawned", |p| p.on_agent_spawned(e))
     }
-    fn on_agent_state_changed(&self, e: &AgentStateChange) -> RResult<(), PluginError> {
+    fn on_agent_state_changed(&self, e: &AgentStateChange<'_>) -> RResult<(), PluginError> {
         self.hook("on_agent_state_changed", |p| p.on_agent_state_changed(e))
     }
-    fn on_agent_failed(&self, e: &AgentFailure) -> RResult<(), PluginError> {
+    fn on_agent_failed(&self, e: &AgentFailure<'_>) -> RResult<(), PluginError> {
         self.hook("on_agent_failed", |p| p.on_agent_failed(e))
     }
-    fn on_task_submitted(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_submitted(&self, e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_task_submitted", |p| p.on_task_submitted(e))
     }
-    fn on_task_delegated(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_delegated(&self, e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_task_delegated", |p| p.on_task_delegated(e))
     }
-    fn on_task_started(&self, e: &TaskEvent) -> RResult<(), PluginError> {
+    fn on_task_started(&self, e: &TaskEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_task_started", |p| p.on_task_started(e))
     }
-    fn on_task_completed(&self, e: &TaskCompletion) -> RResult<(), PluginError> {
+    fn on_task_completed(&self, e: &TaskCompletion<'_>) -> RResult<(), PluginError> {
         self.hook("on_task_completed", |p| p.on_task_completed(e))
     }
-    fn on_performance_metric(&self, e: &Metric) -> RResult<(), PluginError> {
+    fn on_performance_metric(&self, e: &Metric<'_>) -> RResult<(), PluginError> {
         self.hook("on_performance_metric", |p| p.on_performance_metric(e))
     }
     fn before_delegate(&self, r: &DelegateRequest<'_>) -> RResult<Delegate_NE, PluginError> {
@@ -254,10 +254,10 @@ impl<P: HivePlugin> Plugin for Guarded<P> {
         self.hook("shutdown", |p| p.shutdown())
     }
     // api-since-1.1 {
-    fn on_run_started(&self, e: &RunEvent) -> RResult<(), PluginError> {
+    fn on_run_started(&self, e: &RunEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_run_started", |p| p.on_run_started(e))
     }
-    fn on_run_finished(&self, e: &RunEvent) -> RResult<(), PluginError> {
+    fn on_run_finished(&self, e: &RunEvent<'_>) -> RResult<(), PluginError> {
         self.hook("on_run_finished", |p| p.on_run_finished(e))
     }
     // } api-since-1.1

@@ -1,5 +1,5 @@
 //! The `#[repr(C)]` types that cross the plugin boundary: hook sets, the manifest, event and
-//! decision payloads, and errors. Enums that may grow are abi_stable non-exhaustive enums
+//! decision payloads (borrowed for the call: copy what you keep), and errors. Enums that may grow are abi_stable non-exhaustive enums
 //! (`*_NE`); sets and codes are transparent integers with named constants.
 
 use abi_stable::{
@@ -173,58 +173,92 @@ impl Target {
     }
 }
 
+/// A borrowed [`Target`], as events and decision requests carry it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TargetRef<'a> {
+    /// Role, capability or agent.
+    pub kind: TargetKind,
+    /// The role or capability.
+    pub name: RStr<'a>,
+    /// The agent, for `AGENT`.
+    pub agent: u64,
+}
+
+impl TargetRef<'_> {
+    /// An owned copy (for a `Reroute`, say).
+    pub fn to_owned(&self) -> Target {
+        Target {
+            kind: self.kind,
+            name: self.name.into(),
+            agent: self.agent,
+        }
+    }
+}
+
+impl Target {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> TargetRef<'_> {
+        TargetRef {
+            kind: self.kind,
+            name: self.name.as_rstr(),
+            agent: self.agent,
+        }
+    }
+}
+
 /// An agent was spawned.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct AgentEvent {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct AgentEvent<'a> {
     /// The agent.
     pub agent: u64,
     /// Its role.
-    pub role: RString,
+    pub role: RStr<'a>,
     /// Its driver.
-    pub driver: RString,
+    pub driver: RStr<'a>,
     /// Its capacity.
     pub capacity: u32,
 }
 
 /// An agent changed state (`starting`, `ready`, `busy`, `draining`, `stopped`, `failed`).
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct AgentStateChange {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct AgentStateChange<'a> {
     /// The agent.
     pub agent: u64,
     /// Its role.
-    pub role: RString,
+    pub role: RStr<'a>,
     /// The state it left.
-    pub from: RString,
+    pub from: RStr<'a>,
     /// The state it entered.
-    pub to: RString,
+    pub to: RStr<'a>,
 }
 
 /// An agent failed.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct AgentFailure {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct AgentFailure<'a> {
     /// The agent.
     pub agent: u64,
     /// Its role.
-    pub role: RString,
+    pub role: RStr<'a>,
     /// Why.
-    pub reason: RString,
+    pub reason: RStr<'a>,
     /// Tasks it was running (they go back to their retry policy).
     pub in_flight: u32,
 }
 
 /// A task was submitted, delegated or started.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct TaskEvent {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TaskEvent<'a> {
     /// The task.
     pub task: u64,
     /// Its label (empty if none).
-    pub name: RString,
+    pub name: RStr<'a>,
     /// Where it may run.
-    pub target: Target,
+    pub target: TargetRef<'a>,
     /// The agent (0 before delegation).
     pub agent: u64,
     /// The attempt (0 before delegation).
@@ -235,14 +269,14 @@ pub struct TaskEvent {
 
 /// A task ended.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct TaskCompletion {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TaskCompletion<'a> {
     /// The task.
     pub task: u64,
     /// Its label (empty if none).
-    pub name: RString,
+    pub name: RStr<'a>,
     /// `succeeded`, `failed`, `timed_out`, `cancelled`, `skipped` or `cached`.
-    pub status: RString,
+    pub status: RStr<'a>,
     /// Attempts made.
     pub attempts: u32,
     /// The agent of the last attempt (0 if none).
@@ -250,35 +284,35 @@ pub struct TaskCompletion {
     /// Run time of the last attempt, in milliseconds.
     pub duration_ms: f64,
     /// The error, if it did not succeed (empty otherwise).
-    pub error: RString,
+    pub error: RStr<'a>,
 }
 
 /// A metric.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct Metric {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct Metric<'a> {
     /// The agent that reported it (0 if a plugin did).
     pub agent: u64,
     /// The task it concerns (0 if none).
     pub task: u64,
     /// The plugin that reported it (empty if an agent did).
-    pub source: RString,
+    pub source: RStr<'a>,
     /// Its name.
-    pub name: RString,
+    pub name: RStr<'a>,
     /// Its value.
     pub value: f64,
 }
 
 /// A run of a plan started or finished.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct RunEvent {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RunEvent<'a> {
     /// The run.
-    pub run: RString,
+    pub run: RStr<'a>,
     /// The plan.
-    pub plan: RString,
+    pub plan: RStr<'a>,
     /// The run's state (`running`, `succeeded`, `failed`, ...).
-    pub state: RString,
+    pub state: RStr<'a>,
 }
 
 /// The question of `before_delegate`: this task is about to be handed to an agent.
@@ -290,7 +324,7 @@ pub struct DelegateRequest<'a> {
     /// Its label (empty if none).
     pub name: RStr<'a>,
     /// Where it is headed now (its own target, or where a plugin rerouted it).
-    pub target: &'a Target,
+    pub target: TargetRef<'a>,
     /// The agent that would take it.
     pub agent: u64,
     /// The attempt it would be.
@@ -343,7 +377,7 @@ pub struct FailureInfo<'a> {
     /// Its label (empty if none).
     pub name: RStr<'a>,
     /// Where it was headed.
-    pub target: &'a Target,
+    pub target: TargetRef<'a>,
     /// The agent that ran the attempt.
     pub agent: u64,
     /// The attempt that failed.

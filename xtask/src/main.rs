@@ -1,8 +1,9 @@
-//! `cargo xtask`: the project's developer tasks (test, tidy, bench) behind one CLI.
+//! `cargo xtask`: the project's developer tasks (test, tidy, bench, new-plugin) behind one CLI.
 
 mod bench;
 mod cmd;
 mod compat;
+mod new_plugin;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Generate a plugin crate (a cdylib against hive-plugin-api) that builds and loads as
+    /// it is; under the workspace, it is added to the workspace members.
+    NewPlugin {
+        /// The plugin's name (and its package's): lowercase letters, digits, `-` and `_`,
+        /// starting with a letter.
+        name: String,
+        /// Where to put the crate (must not exist) [default: plugins/NAME in the workspace].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +57,7 @@ fn main() -> ExitCode {
         Task::Test { args } => run_tests(&root, &args),
         Task::Tidy => run_tidy(&root),
         Task::Bench { quick } => bench::run(&root, quick),
+        Task::NewPlugin { name, dir } => new_plugin::run(&root, &name, dir.as_deref()),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +137,14 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["xtask", "bench", "--quick"])?;
         assert!(matches!(cli.task, Task::Bench { quick: true }));
+        let cli = Cli::try_parse_from(["xtask", "new-plugin", "my-plugin", "--dir", "/tmp/p"])?;
+        match cli.task {
+            Task::NewPlugin { name, dir } => {
+                assert_eq!(name, "my-plugin");
+                assert_eq!(dir, Some(PathBuf::from("/tmp/p")));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         Ok(())
     }
 }

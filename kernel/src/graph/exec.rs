@@ -1,8 +1,10 @@
 //! The executor's engine: one async loop that owns the run's graph. Steps become ready when
 //! their last dependency ends; ready steps start while a slot is free (globally and in their
 //! role's lane); completions come back through one `FuturesUnordered` (no task spawned per
-//! step, no polling). With a state writer, an attempt is submitted to the kernel only once its
-//! start is committed, so that after a crash every step that may have run is known.
+//! step, no polling). With a state store, the events of each turn of the loop are written to
+//! the run's JSONL file (one `write(2)`) before the attempts started in that turn are
+//! submitted, so that after a crash every step that may have run is known; the database is
+//! written from the same events by the writer thread, off this path.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -23,12 +25,20 @@ use crate::ids::{TaskId, Timestamp};
 use crate::kernel::Kernel;
 use crate::plan::{Action, ForEach, OnFailure, Plan, Ref, StepView};
 use crate::state::{
-    AttemptEnd, CacheEntry, Finish, Op, RunEvent, RunEventKind, RunRecord, RunRow, RunState,
-    StateError, StateStore, StepRecord, StepRow, StepState, Update, Writer,
+    AttemptEnd, CacheEntry, Finish, Journal, Op, RunEvent, RunEventKind, RunRecord, RunRow,
+    RunState, StateError, StateStore, StepRecord, StepRow, StepState, Update, Writer,
 };
 use crate::task::{AttemptStatus, Outcome, Target, TaskResult, TaskSpec};
 
 type Ix = usize;
+
+/// Database writes the writer thread may lag behind the journal before the executor waits.
+const MAX_BACKLOG: u64 = 200_000;
+
+fn open_journal(store: &StateStore, run: &str) -> Result<Journal, StateError> {
+    let path = store.events_path(run);
+    Journal::open(&path).map_err(|source| StateError::Io { path, source })
+}
 
 /// Bytes of stdout and of stderr kept in the state per step (the kernel keeps 64 KiB).
 const RESULT_TAIL: usize = 4096;
@@ -41,7 +51,7 @@ enum Phase {
     Ready,
     /// Holding a slot while its cache key is computed and looked up.
     CacheCheck,
-    /// Holding a slot; its start is being committed.
+    /// Holding a slot; its start is being written to the journal.
     Starting,
     /// Holding a slot; submitted to the kernel.
     Running,
@@ -174,8 +184,10 @@ pub(crate) struct Exec {
     running: usize,
     max: usize,
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
-    awaiting: VecDeque<(u64, Ix, u32, TaskSpec)>,
+    /// Attempts to submit once the journal is written (this turn of the loop).
+    staged: Vec<(Ix, u32, TaskSpec, Option<PathBuf>)>,
     writer: Option<Writer>,
+    journal: Option<Journal>,
     listener: Option<UnboundedSender<Arc<RunEvent>>>,
     seq: u64,
     unended: usize,
@@ -278,8 +290,9 @@ impl Exec {
             running: 0,
             max,
             inflight: FuturesUnordered::new(),
-            awaiting: VecDeque::new(),
+            staged: Vec::new(),
             writer: None,
+            journal: None,
             listener,
             seq: 0,
             aborting: false,
@@ -359,6 +372,7 @@ impl Exec {
             });
             w.wait_for(op).await?;
             ex.writer = Some(w);
+            ex.journal = Some(open_journal(store, &ex.run_id)?);
         }
         Ok(ex)
     }
@@ -424,6 +438,7 @@ impl Exec {
         });
         w.wait_for(op).await?;
         ex.writer = Some(w);
+        ex.journal = Some(open_journal(store, &ex.run_id)?);
         Ok(ex)
     }
 
@@ -433,11 +448,11 @@ impl Exec {
 
     // ---------------------------------------------------------------------- events --
 
-    /// Emits an event about step `no` (durably, with a writer); returns the writer's op
-    /// number (0 without).
-    fn emit(&mut self, kind: RunEventKind, no: u32, update: Update) -> u64 {
+    /// Emits an event about step `no`: to the journal and the writer (which forwards it to
+    /// the listener once it is in the database), or straight to the listener without a store.
+    fn emit(&mut self, kind: RunEventKind, no: u32, update: Update) {
         if self.writer.is_none() && self.listener.is_none() {
-            return 0;
+            return;
         }
         self.seq += 1;
         let ev = Arc::new(RunEvent {
@@ -446,15 +461,54 @@ impl Exec {
             run: self.run_id.clone(),
             kind,
         });
-        match &mut self.writer {
-            Some(w) => w.send(Op::Event { ev, no, update }),
-            None => {
+        match (&mut self.writer, &mut self.journal) {
+            (Some(w), Some(j)) => {
+                let data = serde_json::to_string(&*ev).unwrap_or_default();
+                j.push(&data);
+                w.send(Op::Event {
+                    ev,
+                    data,
+                    no,
+                    update,
+                });
+            }
+            _ => {
                 if let Some(l) = &self.listener {
                     let _ = l.send(ev);
                 }
-                0
             }
         }
+    }
+
+    /// Writes this turn's events to the journal, then submits the attempts they started,
+    /// then hands the database writes to the writer thread. Returns the operation to wait
+    /// for when the database lags too far behind.
+    fn end_turn(&mut self) -> Option<u64> {
+        if self.journal.is_none() && self.writer.is_none() {
+            return None;
+        }
+        if let Some(j) = &mut self.journal {
+            if let Err(source) = j.flush() {
+                let path = j.path().to_path_buf();
+                self.state_failed(StateError::Io { path, source });
+            }
+        }
+        for (ix, attempt, spec, out_file) in std::mem::take(&mut self.staged) {
+            let n = &self.nodes[ix];
+            if n.phase == Phase::Starting && n.attempts == attempt {
+                self.submit(ix, attempt, spec, out_file);
+            }
+        }
+        if let Some(w) = &mut self.writer {
+            w.flush();
+            match w.committed() {
+                Err(e) => self.state_failed(e),
+                // Backpressure: the database may lag the journal, but not without bound.
+                Ok(c) if w.sent() > c + MAX_BACKLOG => return Some(w.sent() - MAX_BACKLOG / 2),
+                Ok(_) => {}
+            }
+        }
+        None
     }
 
     // -------------------------------------------------------------------- the loop --
@@ -481,22 +535,19 @@ impl Exec {
         let cancel = self.opts.cancel.clone();
         loop {
             self.pump();
-            if let Some(w) = &mut self.writer {
-                w.flush();
+            if let Some(target) = self.end_turn() {
+                if let Some(w) = &mut self.writer {
+                    if let Err(e) = w.wait_for(target).await {
+                        self.state_failed(e);
+                    }
+                }
             }
-            if self.unended == 0 && self.awaiting.is_empty() && self.inflight.is_empty() {
+            if self.unended == 0 && self.staged.is_empty() && self.inflight.is_empty() {
                 break;
             }
-            let waiting_commit = !self.awaiting.is_empty();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !self.interrupted => self.interrupt(),
-                _ = async {
-                    match self.writer.as_mut() {
-                        Some(w) => w.changed().await,
-                        None => std::future::pending().await,
-                    }
-                }, if waiting_commit => self.release_committed(),
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     self.on_done(done);
                     while let Some(Some(d)) = self.inflight.next().now_or_never() {
@@ -506,6 +557,10 @@ impl Exec {
             }
         }
         let state = self.final_state();
+        if self.interrupted && self.failure.is_none() && !self.inflight.is_empty() {
+            // Unreachable: the loop drains every completion before it ends.
+            tracing::warn!("run {}: completions left after the end", self.run_id);
+        }
         self.emit(
             RunEventKind::RunFinished {
                 state,
@@ -517,6 +572,14 @@ impl Exec {
                 finished: true,
             },
         );
+        if let Some(j) = &mut self.journal {
+            if let Err(source) = j.flush() {
+                let path = j.path().to_path_buf();
+                if self.failure.is_none() {
+                    self.failure = Some(StateError::Io { path, source });
+                }
+            }
+        }
         if let Some(w) = self.writer.take() {
             let r = w.finish().await;
             if self.failure.is_none() {
@@ -874,41 +937,14 @@ impl Exec {
         spec.name = Some(n.id.clone());
         spec.timeout = step.timeout;
         let (id, no) = (n.id.clone(), n.no);
-        let op = self.emit(
+        self.emit(
             RunEventKind::StepStarted { step: id, attempt },
             no,
             Update::Start { attempt },
         );
-        if self.writer.is_some() {
-            self.awaiting.push_back((op, ix, attempt, spec));
+        if self.journal.is_some() {
+            self.staged.push((ix, attempt, spec, out_file));
         } else {
-            self.submit(ix, attempt, spec, out_file);
-        }
-    }
-
-    /// Submits the attempts whose start is now on disk.
-    fn release_committed(&mut self) {
-        let committed = match self.writer.as_ref().map(Writer::committed) {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return self.state_failed(e),
-            None => u64::MAX,
-        };
-        while let Some(&(op, ..)) = self.awaiting.front() {
-            if op > committed {
-                break;
-            }
-            let Some((_, ix, attempt, spec)) = self.awaiting.pop_front() else {
-                break;
-            };
-            let n = &self.nodes[ix];
-            if n.phase != Phase::Starting || n.attempts != attempt {
-                continue; // cancelled meanwhile
-            }
-            let out_file = self
-                .scratch
-                .as_ref()
-                .filter(|_| matches!(self.plan.steps[n.step].action, Action::Command { .. }))
-                .map(|d| d.join(format!("{}.{attempt}.outputs", n.id)));
             self.submit(ix, attempt, spec, out_file);
         }
     }
@@ -1469,9 +1505,9 @@ impl Exec {
         self.interrupted = true;
         self.stop.cancel();
         self.cancel_pending(true);
-        // Starts that will never be committed: drop them.
-        self.awaiting.clear();
-        self.writer = None;
+        // Starts that could not be made durable are not submitted.
+        self.staged.clear();
+        self.journal = None;
     }
 
     // ---------------------------------------------------------------------- for_each --

@@ -239,6 +239,8 @@ impl PlanRun {
             return Err(RunError::BadRunId(run_id.to_string()));
         }
         let lock = store.lock_run(run_id)?;
+        // Attempts started just before a crash may be in the run's JSONL file only.
+        store.recover_locked(run_id)?;
         let record = store.run(run_id)?;
         if record.state == RunState::Succeeded {
             return Err(RunError::Finished {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RResult, RStr, RString};
+use abi_stable::std_types::{RArc, RResult, RStr};
 use hive_plugin_api::{
     AgentEvent, AgentFailure, AgentStateChange, Delegate, DelegateRequest, FailureInfo, Hooks,
     HostHandle, Host_TO, Metric, OnFailure, PluginBox, PluginError, RunEvent, TaskCompletion,
@@ -198,7 +198,9 @@ pub(crate) struct PluginSet {
     policy: QuarantinePolicy,
     kernel: std::sync::Weak<Inner>,
     stop: CancellationToken,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// When the observers must be done delivering their backlog (set at stop).
+    stop_by: Mutex<Option<Instant>>,
+    threads: Mutex<Vec<(Arc<LoadedPlugin>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 fn observer_mask(h: Hooks) -> u64 {
@@ -222,12 +224,17 @@ fn observer_mask(h: Hooks) -> u64 {
     m
 }
 
-/// The plugin-side view of a kernel target.
-pub(crate) fn abi_target(t: &Target) -> hive_plugin_api::Target {
+fn s(x: &str) -> RStr<'_> {
+    RStr::from(x)
+}
+
+/// The plugin-side (borrowed) view of a kernel target.
+pub(crate) fn abi_target(t: &Target) -> hive_plugin_api::TargetRef<'_> {
+    use hive_plugin_api::{TargetKind, TargetRef};
     match t {
-        Target::Role(r) => hive_plugin_api::Target::role(r),
-        Target::Capability(c) => hive_plugin_api::Target::capability(c),
-        Target::Agent(a) => hive_plugin_api::Target::agent(a.get()),
+        Target::Role(r) => TargetRef { kind: TargetKind::ROLE, name: RStr::from(&**r), agent: 0 },
+        Target::Capability(c) => TargetRef { kind: TargetKind::CAPABILITY, name: RStr::from(&**c), agent: 0 },
+        Target::Agent(a) => TargetRef { kind: TargetKind::AGENT, name: RStr::from(""), agent: a.get() },
     }
 }
 
@@ -289,6 +296,7 @@ impl PluginSet {
             policy,
             kernel: Arc::downgrade(kernel),
             stop: CancellationToken::new(),
+            stop_by: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
         });
         kernel
@@ -300,9 +308,10 @@ impl PluginSet {
                 continue;
             }
             let stream = kernel.bus.subscribe_to(mask);
-            let handle = set.spawn_observer(p.clone(), stream, kernel.rt().clone());
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let handle = set.spawn_observer(p.clone(), stream, done_tx);
             match handle {
-                Ok(h) => set.threads.lock().push(h),
+                Ok(_) => set.threads.lock().push((p.clone(), done_rx)),
                 Err(e) => {
                     tracing::error!(plugin = %p.name, "cannot start the observer thread: {e}")
                 }
@@ -507,43 +516,59 @@ impl PluginSet {
         None
     }
 
+    /// The observer thread of one plugin. It drains its subscription in batches and naps
+    /// (1 ms, backing off to 10 ms when idle) instead of parking on the channel, so that an
+    /// emit never pays for waking it: observers are asynchronous by contract, and this keeps
+    /// their cost on the dispatch path to building and enqueueing the event.
     fn spawn_observer(
         self: &Arc<Self>,
         p: Arc<LoadedPlugin>,
         mut stream: EventStream,
-        rt: tokio::runtime::Handle,
+        done: std::sync::mpsc::Sender<()>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let set = Arc::downgrade(self);
         let stop = self.stop.clone();
         std::thread::Builder::new()
             .name(format!("hive-plugin-{}", p.name))
             .spawn(move || {
-                rt.block_on(async move {
-                    loop {
-                        let ev = tokio::select! {
-                            biased;
-                            e = stream.recv() => e,
-                            _ = stop.cancelled() => None,
-                        };
-                        let Some(ev) = ev else { break };
-                        p.dropped.store(stream.lost(), Ordering::Relaxed);
-                        let Some(set) = set.upgrade() else { break };
+                let mut nap = Duration::from_millis(1);
+                loop {
+                    let stopping = stop.is_cancelled();
+                    let Some(set) = set.upgrade() else { break };
+                    let mut got = 0u32;
+                    while let Some(ev) = stream.try_recv() {
+                        got += 1;
                         set.deliver(&p, &ev.event);
-                    }
-                    // Shutting down: deliver what is already buffered, then say goodbye.
-                    if let Some(set) = set.upgrade() {
-                        while let Some(ev) = stream.try_recv() {
-                            set.deliver(&p, &ev.event);
+                        p.dropped.store(stream.lost(), Ordering::Relaxed);
+                        if stopping && Instant::now() >= set.stop_by.lock().unwrap_or_else(Instant::now) {
+                            break;
                         }
                     }
                     p.dropped.store(stream.lost(), Ordering::Relaxed);
-                });
+                    if stopping {
+                        // Past the deadline, what is left is dropped (and counted).
+                        let mut late = 0u64;
+                        while stream.try_recv().is_some() {
+                            late += 1;
+                        }
+                        p.dropped.store(stream.lost() + late, Ordering::Relaxed);
+                        break;
+                    }
+                    drop(set);
+                    nap = if got > 0 {
+                        Duration::from_millis(1)
+                    } else {
+                        (nap * 2).min(Duration::from_millis(10))
+                    };
+                    std::thread::sleep(nap);
+                }
+                let _ = done.send(());
             })
     }
 
-    /// Calls the observer hook of `event` on `p`, if subscribed.
+    /// Calls the observer hook of `event` on `p`, if subscribed (no allocation: the hook gets
+    /// views into the event).
     fn deliver(&self, p: &LoadedPlugin, event: &Event) {
-        let s = |x: &str| RString::from(x);
         let r: Option<(&'static str, RResult<(), PluginError>)> = match event {
             Event::AgentSpawned {
                 agent,
@@ -668,7 +693,7 @@ impl PluginSet {
                 p.plugin.on_performance_metric(&Metric {
                     agent: agent.get(),
                     task: task.map_or(0, |t| t.get()),
-                    source: RString::new(),
+                    source: RStr::from(""),
                     name: s(name),
                     value: *value,
                 }),
@@ -713,16 +738,25 @@ impl PluginSet {
         }
     }
 
-    /// Stops the observer threads (after they deliver what is buffered) and calls every
-    /// plugin's `shutdown`.
-    pub(crate) fn stop(&self) {
+    /// Stops the observer threads: each delivers what is buffered until `within` has passed
+    /// (the rest is dropped, and counted). Then calls every plugin's `shutdown`, except those
+    /// quarantined or stuck in a hook past the deadline (those are left behind, never waited
+    /// for: a plugin cannot hold up the kernel's exit).
+    pub(crate) fn stop(&self, within: Duration) {
+        let by = Instant::now() + within;
+        *self.stop_by.lock() = Some(by);
         self.stop.cancel();
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
-        for t in threads {
-            let _ = t.join();
+        let mut stuck: Vec<Arc<str>> = Vec::new();
+        for (p, done) in threads {
+            let left = by.saturating_duration_since(Instant::now()) + Duration::from_millis(200);
+            if done.recv_timeout(left).is_err() {
+                tracing::warn!(plugin = %p.name, "observer hook still running at shutdown; not waiting for it");
+                stuck.push(p.name.clone());
+            }
         }
         for p in &self.plugins {
-            if p.quarantined.load(Ordering::Acquire) {
+            if p.quarantined.load(Ordering::Acquire) || stuck.contains(&p.name) {
                 continue;
             }
             if let RResult::RErr(e) = p.plugin.shutdown() {

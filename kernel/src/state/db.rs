@@ -135,9 +135,6 @@ pub(crate) fn open(path: &Path, create: bool) -> Result<Connection, StateError> 
     let conn = Connection::open_with_flags(path, flags).map_err(|e| map_err(path, e))?;
     let m = |e| map_err(path, e);
     conn.busy_timeout(Duration::from_secs(5)).map_err(m)?;
-    if let Ok(ps) = std::env::var("HIVE_EXP_PAGE") {
-        let _ = conn.pragma_update(None, "page_size", ps);
-    }
     // Checkpoints (WAL -> database, with fsyncs) every 8192 pages (32 MiB) rather than 1000:
     // they are the writer's slowest moments. Each run's writer also checkpoints when it ends.
     conn.pragma_update(None, "wal_autocheckpoint", 8192)

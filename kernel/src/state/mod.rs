@@ -1,6 +1,7 @@
 //! Durable state of plan runs: a SQLite database (WAL) in the state directory with runs,
 //! steps, attempts, events and the step cache, written by one writer thread in batched
-//! transactions, plus a JSON Lines event file per run. Layout of a state directory:
+//! transactions, plus a JSON Lines event file per run, written by the executor before the
+//! database (it is the write-ahead log of attempt starts). Layout of a state directory:
 //!
 //! ```text
 //! .hive/state.db (+ -wal, -shm)     runs, steps, attempts, events, cache
@@ -10,6 +11,7 @@
 //! ```
 
 mod db;
+mod journal;
 mod lock;
 mod writer;
 
@@ -26,6 +28,7 @@ use serde_json::Value;
 use crate::ids::Timestamp;
 use crate::task::Status;
 
+pub(crate) use journal::Journal;
 pub use lock::RunLock;
 pub(crate) use lock::{new_run_id, valid_run_id};
 pub(crate) use writer::{AttemptEnd, CacheEntry, Finish, Op, RunRow, StepRow, Update, Writer};
@@ -501,13 +504,7 @@ impl StateStore {
     ) -> Result<Writer, StateError> {
         let run_no = self.run_no(run).ok();
         let conn = db::open(&self.db, true)?;
-        Writer::start(
-            conn,
-            self.db.clone(),
-            self.events_path(run),
-            run_no,
-            listener,
-        )
+        Writer::start(conn, self.db.clone(), run_no, listener)
     }
 
     /// The number of run `id` (`runs.run_no`).
@@ -709,6 +706,97 @@ impl StateStore {
         )
         .map(|n| n as u64)
         .map_err(self.m())
+    }
+
+    /// Brings the database up to date with the run's JSONL file after a crash: events the
+    /// file has and the database lacks are stored, attempt starts among them become attempts
+    /// (then marked interrupted by the resume), failed attempts are ended. Steps that ended
+    /// only in the file stay unfinished: they run again. Skips a run another process executes.
+    /// Returns the number of events recovered.
+    pub fn recover(&self, id: &str) -> Result<usize, StateError> {
+        let _lock = match self.lock_run(id) {
+            Ok(l) => l,
+            Err(StateError::RunBusy { .. }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        self.recover_locked(id)
+    }
+
+    /// [`StateStore::recover`] for the holder of the run's lock.
+    pub(crate) fn recover_locked(&self, id: &str) -> Result<usize, StateError> {
+        let run_no = self.run_no(id)?;
+        let after = self.last_seq(id)?;
+        let path = self.events_path(id);
+        let tail = journal::tail_after(&path, after).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if tail.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.lock();
+        let m = |e| db::map_err(&self.db, e);
+        let tx = conn.transaction().map_err(m)?;
+        let mut numbers: HashMap<String, u32> = HashMap::new();
+        {
+            let (lo, hi) = db::step_range(run_no);
+            let mut st = tx
+                .prepare("SELECT step_id, step_no FROM steps WHERE id BETWEEN ?1 AND ?2")
+                .map_err(m)?;
+            let rows = st
+                .query_map(rusqlite::params![lo, hi], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+                })
+                .map_err(m)?;
+            for row in rows {
+                let (k, v) = row.map_err(m)?;
+                numbers.insert(k, v);
+            }
+        }
+        let n = tail.len();
+        for (seq, line, v) in tail {
+            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            let at = v
+                .get("at")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            tx.execute(
+                "INSERT OR IGNORE INTO events (id, run_no, seq, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![db::event_key(run_no, seq), run_no, seq as i64, kind, line],
+            )
+            .map_err(m)?;
+            let step_no = v
+                .get("step")
+                .and_then(Value::as_str)
+                .and_then(|s| numbers.get(s).copied());
+            let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0) as u32;
+            match (kind, step_no) {
+                ("step_started", Some(no)) => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO attempts (id, run_no, step_no, attempt, state, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                        rusqlite::params![db::attempt_key(run_no, no, attempt), run_no, no, attempt, at],
+                    )
+                    .map_err(m)?;
+                    tx.execute(
+                        "UPDATE steps SET attempts = MAX(attempts, ?2) WHERE id = ?1",
+                        rusqlite::params![db::step_key(run_no, no), attempt],
+                    )
+                    .map_err(m)?;
+                }
+                ("step_retrying", Some(no)) => {
+                    let error = v.get("error").and_then(Value::as_str).unwrap_or("");
+                    tx.execute(
+                        "UPDATE attempts SET state = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1 AND state = 'running'",
+                        rusqlite::params![db::attempt_key(run_no, no, attempt), at, error],
+                    )
+                    .map_err(m)?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().map_err(m)?;
+        Ok(n)
     }
 
     /// Whether some process is executing run `id` now.

@@ -1,12 +1,10 @@
 //! The state writer: one thread per run that owns a SQLite connection and applies the
-//! executor's writes in batches, one transaction per batch (group commit). After each commit
-//! it appends the batch's events to the run's JSONL file, publishes how many operations are
-//! on disk, and forwards the events to a listener. The executor never waits for SQLite except
-//! where durability is the point (an attempt's start is committed before the work begins).
+//! executor's writes in batches, one transaction per batch. After each commit it publishes
+//! how many operations are on disk and forwards the batch's events to a listener (so that
+//! whatever is reported is in the database). The executor never waits for it: attempt starts
+//! are made durable by the run's JSONL file first (see `journal.rs`).
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -104,9 +102,10 @@ pub(crate) enum Op {
     },
     /// Items of a `for_each` (kept if they exist from before a resume).
     InsertSteps(Vec<StepRow>),
-    /// An event and its effect on step `no` (or on the run).
+    /// An event (with its JSON text) and its effect on step `no` (or on the run).
     Event {
         ev: Arc<RunEvent>,
+        data: String,
         no: u32,
         update: Update,
     },
@@ -126,12 +125,29 @@ pub(crate) struct Progress {
     pub(crate) error: Option<Arc<str>>,
 }
 
-/// Operations handed to the writer thread, and whether the executor is done.
+/// Operations handed to the writer thread.
+#[derive(Debug, Default)]
+struct Queue {
+    ops: Vec<Op>,
+    /// Someone waits for these operations: commit without gathering more.
+    urgent: bool,
+    /// The executor is done: commit what is left and stop.
+    closed: bool,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
-    queue: parking_lot::Mutex<(Vec<Op>, bool)>,
+    queue: parking_lot::Mutex<Queue>,
     wake: parking_lot::Condvar,
 }
+
+/// How long the writer gathers operations before a commit that nobody waits for (the
+/// journal has made attempt starts durable already; this only delays the database, and the
+/// progress display, by at most this much, and saves a commit per step when steps are slow).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// A batch this large is committed at once.
+const GATHER_MAX: usize = 1024;
 
 /// The executor's end of a writer thread. Operations are collected without any
 /// synchronisation and handed over by [`Writer::flush`] (once per turn of the executor's
@@ -149,7 +165,6 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         db_path: PathBuf,
-        jsonl: PathBuf,
         run_no: Option<i64>,
         listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
     ) -> Result<Writer, StateError> {
@@ -159,17 +174,14 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("hive-state".into())
             .spawn(move || {
-                let mut w = Thread {
-                    conn,
+                let w = Thread {
                     db_path,
-                    jsonl_path: jsonl,
-                    jsonl: None,
                     run_no,
                     listener,
                     progress: ptx,
                     committed: 0,
                 };
-                w.run(rx);
+                w.run(conn, rx);
             })
             .map_err(|source| StateError::Io {
                 path: PathBuf::from("hive-state thread"),
@@ -192,24 +204,43 @@ impl Writer {
         self.sent
     }
 
+    /// Operations queued so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Hands the queued operations to the writer thread.
     pub(crate) fn flush(&mut self) {
-        if self.pending.is_empty() {
+        self.hand_over(false);
+    }
+
+    fn hand_over(&mut self, urgent: bool) {
+        if self.pending.is_empty() && !urgent {
             return;
         }
+        let read = self
+            .pending
+            .iter()
+            .any(|op| matches!(op, Op::CacheGet { .. }));
         let mut q = self.shared.queue.lock();
-        if q.0.is_empty() {
-            std::mem::swap(&mut q.0, &mut self.pending);
+        // Wake the thread when it waits for a first operation, or must stop gathering.
+        let wake =
+            q.ops.is_empty() || urgent || read || q.ops.len() + self.pending.len() >= GATHER_MAX;
+        if q.ops.is_empty() {
+            std::mem::swap(&mut q.ops, &mut self.pending);
         } else {
-            q.0.append(&mut self.pending);
+            q.ops.append(&mut self.pending);
         }
+        q.urgent |= urgent || read;
         drop(q);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn close(&mut self) {
-        self.flush();
-        self.shared.queue.lock().1 = true;
+        self.hand_over(true);
+        self.shared.queue.lock().closed = true;
         self.shared.wake.notify_one();
     }
 
@@ -222,16 +253,11 @@ impl Writer {
         }
     }
 
-    /// Waits until progress changes (or the writer is gone).
-    pub(crate) async fn changed(&mut self) {
-        if self.progress.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
     /// Waits until operation `n` is on disk.
     pub(crate) async fn wait_for(&mut self, n: u64) -> Result<(), StateError> {
-        self.flush();
+        if self.committed()? < n {
+            self.hand_over(true);
+        }
         loop {
             if self.committed()? >= n {
                 return Ok(());
@@ -268,10 +294,7 @@ impl Drop for Writer {
 }
 
 struct Thread {
-    conn: Connection,
     db_path: PathBuf,
-    jsonl_path: PathBuf,
-    jsonl: Option<BufWriter<File>>,
     /// `runs.run_no`: known at start for a resume, set by `CreateRun` otherwise.
     run_no: Option<i64>,
     listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
@@ -279,40 +302,45 @@ struct Thread {
     committed: u64,
 }
 
-thread_local! { static STATS: std::cell::RefCell<(u64, u64, f64, f64)> = const { std::cell::RefCell::new((0, 0, 0.0, 0.0)) }; }
-
 impl Thread {
     /// Takes everything queued, waiting for something; empty once closed and drained.
     fn next_batch(shared: &Shared, batch: &mut Vec<Op>) {
         let mut q = shared.queue.lock();
-        while q.0.is_empty() && !q.1 {
+        while q.ops.is_empty() && !q.closed {
             shared.wake.wait(&mut q);
         }
-        std::mem::swap(&mut q.0, batch);
+        // Gather more for a while, unless someone waits or the batch is big already.
+        let until = std::time::Instant::now() + GATHER;
+        while !q.urgent && !q.closed && q.ops.len() < GATHER_MAX {
+            if shared.wake.wait_until(&mut q, until).timed_out() {
+                break;
+            }
+        }
+        q.urgent = false;
+        std::mem::swap(&mut q.ops, batch);
     }
 
-    fn run(&mut self, rx: Arc<Shared>) {
+    fn run(mut self, conn: Connection, rx: Arc<Shared>) {
         let mut batch: Vec<Op> = Vec::with_capacity(256);
-        let mut events: Vec<(Arc<RunEvent>, String)> = Vec::with_capacity(256);
+        let mut events: Vec<Arc<RunEvent>> = Vec::with_capacity(256);
+        let mut hot = match Hot::prepare(&conn) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let msg: Arc<str> = Arc::from(db::map_err(&self.db_path, e).to_string());
+                self.progress.send_modify(|p| p.error = Some(msg));
+                None
+            }
+        };
         loop {
             Self::next_batch(&rx, &mut batch);
             if batch.is_empty() {
                 break;
             }
             let n = batch.len() as u64;
-            if std::env::var_os("HIVE_EXP_STATS").is_some() {
-                STATS.with(|c| {
-                    let mut c = c.borrow_mut();
-                    c.0 += 1;
-                    c.1 += n;
-                });
-            }
-            let t0 = std::time::Instant::now();
-            let r = self.apply(&mut batch, &mut events);
-            let t1 = t0.elapsed().as_secs_f64();
-            if std::env::var_os("HIVE_EXP_STATS").is_some() {
-                STATS.with(|c| c.borrow_mut().2 += t1);
-            }
+            let r = match hot.as_mut() {
+                Some(h) => self.apply(&conn, h, &mut batch, &mut events),
+                None => Err(StateError::WriterGone("cannot prepare statements".into())),
+            };
             if let Err(e) = r {
                 let msg: Arc<str> = Arc::from(e.to_string());
                 tracing::error!("state writer: {msg}");
@@ -331,52 +359,36 @@ impl Thread {
                     }
                 }
             }
-            if let Err(e) = self.append_jsonl(&events) {
-                tracing::warn!("state writer: {}: {e}", self.jsonl_path.display());
-            }
             self.committed += n;
             let c = self.committed;
             self.progress.send_modify(|p| p.committed = c);
             match &self.listener {
                 Some(l) => {
-                    for (ev, _) in events.drain(..) {
+                    for ev in events.drain(..) {
                         let _ = l.send(ev);
                     }
                 }
                 None => events.clear(),
             }
-            if std::env::var_os("HIVE_EXP_STATS").is_some() {
-                STATS.with(|c| c.borrow_mut().3 += t0.elapsed().as_secs_f64());
-            }
         }
         // The run's writes are done: fold the WAL into the database.
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-        if std::env::var_os("HIVE_EXP_STATS").is_some() {
-            STATS.with(|c| {
-                let c = c.borrow();
-                eprintln!(
-                    "writer: {} commits, {} ops, {:.1} ops/commit, apply {:.3}s total {:.3}s",
-                    c.0,
-                    c.1,
-                    c.1 as f64 / c.0.max(1) as f64,
-                    c.2,
-                    c.3
-                );
-            });
-        }
+        drop(hot);
+        let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
     }
 
     fn apply(
         &mut self,
+        conn: &Connection,
+        hot: &mut Hot<'_>,
         batch: &mut Vec<Op>,
-        events: &mut Vec<(Arc<RunEvent>, String)>,
+        events: &mut Vec<Arc<RunEvent>>,
     ) -> Result<(), StateError> {
         let path = self.db_path.clone();
         let m = |e| db::map_err(&path, e);
         let gone =
             |what: &str| StateError::WriterGone(format!("{what} before the run was created"));
         let mut run_no = self.run_no;
-        let tx = self.conn.transaction().map_err(m)?;
+        let tx = conn.unchecked_transaction().map_err(m)?;
         for op in batch.drain(..) {
             match op {
                 Op::CreateRun { run, steps } => {
@@ -422,10 +434,15 @@ impl Thread {
                     let no = run_no.ok_or_else(|| gone("steps"))?;
                     insert_steps(&tx, no, &steps, true).map_err(m)?;
                 }
-                Op::Event { ev, no, update } => {
+                Op::Event {
+                    ev,
+                    data,
+                    no,
+                    update,
+                } => {
                     let r = run_no.ok_or_else(|| gone("an event"))?;
-                    let data = event(&tx, r, no, &ev, update).map_err(m)?;
-                    events.push((ev, data));
+                    event(hot, r, no, &ev, &data, update).map_err(m)?;
+                    events.push(ev);
                 }
                 Op::CacheGet { key, reply } => {
                     let hit = tx
@@ -453,81 +470,100 @@ impl Thread {
         self.run_no = run_no;
         Ok(())
     }
+}
 
-    fn append_jsonl(&mut self, events: &[(Arc<RunEvent>, String)]) -> std::io::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        if self.jsonl.is_none() {
-            if let Some(run_no) = self.run_no {
-                reconcile_jsonl(&self.conn, &self.jsonl_path, run_no, events[0].0.seq)?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.jsonl_path)?;
-            self.jsonl = Some(BufWriter::with_capacity(64 * 1024, f));
-        }
-        if let Some(out) = &mut self.jsonl {
-            for (_, data) in events {
-                out.write_all(data.as_bytes())?;
-                out.write_all(b"\n")?;
-            }
-            out.flush()?;
-        }
-        Ok(())
+/// The statements of the hot path, prepared once per writer.
+struct Hot<'c> {
+    attempt_start: rusqlite::Statement<'c>,
+    attempt_end: rusqlite::Statement<'c>,
+    step_finish: rusqlite::Statement<'c>,
+    step_retry: rusqlite::Statement<'c>,
+    step_expand: rusqlite::Statement<'c>,
+    run_started: rusqlite::Statement<'c>,
+    run_finished: rusqlite::Statement<'c>,
+    cache_put: rusqlite::Statement<'c>,
+    event: rusqlite::Statement<'c>,
+}
+
+impl<'c> Hot<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Hot<'c>> {
+        Ok(Hot {
+            attempt_start: conn.prepare(
+                "INSERT OR REPLACE INTO attempts (id, run_no, step_no, attempt, state, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+            )?,
+            attempt_end: conn.prepare(
+                "UPDATE attempts SET state = ?2, finished_at = ?3, exit_code = ?4, error = ?5, agent = ?6 WHERE id = ?1",
+            )?,
+            step_finish: conn.prepare(
+                "UPDATE steps SET state = ?2, attempts = ?3, finished_at = ?4, exit_code = ?5, error = ?6, \
+                 outputs = ?7, result = ?8, cache_key = ?9 WHERE id = ?1",
+            )?,
+            step_retry: conn.prepare(
+                "UPDATE steps SET state = 'retrying', attempts = ?2, exit_code = ?3, error = ?4 WHERE id = ?1",
+            )?,
+            step_expand: conn
+                .prepare("UPDATE steps SET state = 'running', started_at = ?2 WHERE id = ?1")?,
+            run_started: conn.prepare(
+                "UPDATE runs SET state = ?2, started_at = ?3, finished_at = NULL WHERE run_no = ?1",
+            )?,
+            run_finished: conn
+                .prepare("UPDATE runs SET state = ?2, finished_at = ?3 WHERE run_no = ?1")?,
+            cache_put: conn.prepare(
+                "INSERT OR REPLACE INTO cache (key, step_id, run_id, outputs, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            event: conn.prepare(
+                "INSERT OR REPLACE INTO events (id, run_no, seq, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+        })
     }
 }
 
+/// Applies an event's effect and stores it.
 fn event(
-    tx: &rusqlite::Transaction<'_>,
+    hot: &mut Hot<'_>,
     run_no: i64,
     no: u32,
     ev: &RunEvent,
+    data: &str,
     update: Update,
-) -> rusqlite::Result<String> {
+) -> rusqlite::Result<()> {
     let at = ts(ev.at);
     let key = db::step_key(run_no, no);
     match update {
         Update::Run { state, finished } => {
-            let sql = if finished {
-                "UPDATE runs SET state = ?2, finished_at = ?3 WHERE run_no = ?1"
+            let st = if finished {
+                &mut hot.run_finished
             } else {
-                "UPDATE runs SET state = ?2, started_at = ?3, finished_at = NULL WHERE run_no = ?1"
+                &mut hot.run_started
             };
-            tx.prepare_cached(sql)?
-                .execute(params![run_no, state.as_str(), at])?;
+            st.execute(params![run_no, state.as_str(), at])?;
         }
         Update::Start { attempt } => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (id, run_no, step_no, attempt, state, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-            )?
-            .execute(params![db::attempt_key(run_no, no, attempt), run_no, no, attempt, at])?;
-            // The step's own row is updated when it ends; until then readers derive `running`
-            // from this attempt (one write less on the hot path).
+            // The step's own row is updated when it ends; until then readers derive
+            // `running` from this attempt (one write less on the hot path).
+            hot.attempt_start.execute(params![
+                db::attempt_key(run_no, no, attempt),
+                run_no,
+                no,
+                attempt,
+                at
+            ])?;
         }
         Update::Expand => {
-            tx.prepare_cached("UPDATE steps SET state = 'running', started_at = ?2 WHERE id = ?1")?
-                .execute(params![key, at])?;
+            hot.step_expand.execute(params![key, at])?;
         }
         Update::Retry { end } => {
-            end_attempt(tx, run_no, no, &at, &end)?;
-            tx.prepare_cached(
-                "UPDATE steps SET state = 'retrying', exit_code = ?2, error = ?3 WHERE id = ?1",
-            )?
-            .execute(params![key, end.exit_code, end.error])?;
+            end_attempt(&mut hot.attempt_end, run_no, no, &at, &end)?;
+            hot.step_retry
+                .execute(params![key, end.attempt, end.exit_code, end.error])?;
         }
         Update::Finish(f) => {
             if let Some(end) = &f.end {
-                end_attempt(tx, run_no, no, &at, end)?;
+                end_attempt(&mut hot.attempt_end, run_no, no, &at, end)?;
             }
             let outputs = f.outputs.as_ref().map(|o| o.to_string());
             let result = f.result.as_ref().map(Value::to_string);
-            tx.prepare_cached(
-                "UPDATE steps SET state = ?2, attempts = ?3, finished_at = ?4, exit_code = ?5, error = ?6, \
-                 outputs = ?7, result = ?8, cache_key = ?9 WHERE id = ?1",
-            )?
-            .execute(params![
+            hot.step_finish.execute(params![
                 key,
                 f.state.as_str(),
                 f.attempts,
@@ -539,38 +575,35 @@ fn event(
                 f.cache_key
             ])?;
             if let (true, Some(k)) = (f.cache_put, &f.cache_key) {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO cache (key, step_id, run_id, outputs, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![k, ev.kind.step().map(|s| &**s), &*ev.run, outputs, result, at])?;
+                hot.cache_put.execute(params![
+                    k,
+                    ev.kind.step().map(|s| &**s),
+                    &*ev.run,
+                    outputs,
+                    result,
+                    at
+                ])?;
             }
         }
     }
-    let data = serde_json::to_string(ev).unwrap_or_default();
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO events (id, run_no, seq, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
+    hot.event.execute(params![
         db::event_key(run_no, ev.seq),
         run_no,
         ev.seq as i64,
         ev.kind.type_name(),
-        &data
+        data
     ])?;
-    Ok(data)
+    Ok(())
 }
 
 fn end_attempt(
-    tx: &rusqlite::Transaction<'_>,
+    st: &mut rusqlite::Statement<'_>,
     run_no: i64,
     no: u32,
     at: &str,
     end: &AttemptEnd,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "UPDATE attempts SET state = ?2, finished_at = ?3, exit_code = ?4, error = ?5, agent = ?6 WHERE id = ?1",
-    )?
-    .execute(params![
+    st.execute(params![
         db::attempt_key(run_no, no, end.attempt),
         end.state,
         at,
@@ -606,66 +639,4 @@ fn insert_steps(
         ])?;
     }
     Ok(())
-}
-
-/// Before appending to a run's JSONL file: drop a torn last line, and append the events the
-/// database has but the file lacks (a crash between the commit and the append).
-fn reconcile_jsonl(conn: &Connection, path: &Path, run_no: i64, next: u64) -> std::io::Result<()> {
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if next <= 1 {
-                return Ok(());
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(path)?
-        }
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let tail_len = len.min(64 * 1024);
-    f.seek(SeekFrom::Start(len - tail_len))?;
-    let mut tail = Vec::with_capacity(tail_len as usize);
-    f.read_to_end(&mut tail)?;
-    let mut keep = len;
-    if !tail.is_empty() && tail.last() != Some(&b'\n') {
-        let cut = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        keep = len - tail_len + cut as u64;
-        f.set_len(keep)?;
-        tail.truncate(cut);
-    }
-    let last_seq = tail
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .and_then(|l| serde_json::from_slice::<Value>(l).ok())
-        .and_then(|v| v.get("seq").and_then(Value::as_u64))
-        .unwrap_or(0);
-    if last_seq + 1 >= next {
-        return Ok(());
-    }
-    let mut st = conn
-        .prepare("SELECT data FROM events WHERE id > ?1 AND id < ?2 ORDER BY id")
-        .map_err(std::io::Error::other)?;
-    let rows = st
-        .query_map(
-            params![db::event_key(run_no, last_seq), db::event_key(run_no, next)],
-            |r| r.get::<_, String>(0),
-        )
-        .map_err(std::io::Error::other)?;
-    f.seek(SeekFrom::Start(keep))?;
-    let mut out = BufWriter::new(f);
-    for data in rows {
-        let data = data.map_err(std::io::Error::other)?;
-        out.write_all(data.as_bytes())?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
 }

@@ -299,6 +299,9 @@ pub(crate) fn runs(args: RunsArgs) -> Result<u8, Exit> {
 
 pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {
     let store = need_store(args.state.state_dir, &args.run)?;
+    store.run(&args.run)?;
+    // An interrupted run's last events may be in its JSONL file only.
+    store.recover(&args.run)?;
     let run = store.run(&args.run)?;
     let steps = store.steps(&args.run)?;
     if args.json {
@@ -382,6 +385,7 @@ pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {
 pub(crate) async fn events(args: EventsArgs) -> Result<u8, Exit> {
     let store = need_store(args.state.state_dir, &args.run)?;
     store.run(&args.run)?;
+    store.recover(&args.run)?;
     let mut last = 0u64;
     loop {
         let evs = store.events_after(&args.run, last)?;
@@ -573,8 +577,12 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     }
     opts.max_concurrency = max_concurrency as usize;
     opts.role_capacity = capacity;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    opts.listener = Some(tx);
+    let mode = progress::Mode::pick(quiet, json);
+    let rx = (mode != progress::Mode::Quiet).then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        opts.listener = Some(tx);
+        rx
+    });
     let cancel = opts.cancel.clone();
 
     let prepared = match &resume {
@@ -589,8 +597,7 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         }
     };
     eprintln!("run {}", run.id());
-    let mode = progress::Mode::pick(quiet, json);
-    let follower = tokio::spawn(crate::plan_progress::follow(rx, plan.len(), mode));
+    let follower = rx.map(|rx| tokio::spawn(crate::plan_progress::follow(rx, plan.len(), mode)));
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let int2 = interrupted.clone();
     let ctrl_c = tokio::spawn(async move {
@@ -602,7 +609,9 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     });
     let result = run.execute().await;
     ctrl_c.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
+    if let Some(f) = follower {
+        let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+    }
     kernel.shutdown(ShutdownMode::Graceful).await;
     if let Some(s) = sink {
         let _ = s.finish().await;

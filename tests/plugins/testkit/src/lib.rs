@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use hive_plugin_api::{
     export_plugin, AgentEvent, AgentFailure, AgentStateChange, Delegate, DelegateRequest,
     FailureInfo, HivePlugin, Hooks, Metric, OnFailure, PluginContext, PluginError, RunEvent,
-    Target, TaskCompletion, TaskEvent,
+    Target, TargetRef, TaskCompletion, TaskEvent,
 };
 use serde_json::Value;
 
@@ -75,7 +75,7 @@ impl Testkit {
     }
 }
 
-fn target_str(t: &Target) -> String {
+fn target_str(t: &TargetRef<'_>) -> String {
     match t.kind {
         hive_plugin_api::TargetKind::AGENT => format!("agent:{}", t.agent),
         hive_plugin_api::TargetKind::CAPABILITY => format!("capability:{}", t.name),
@@ -142,34 +142,34 @@ impl HivePlugin for Testkit {
         })
     }
 
-    fn on_agent_spawned(&self, e: &AgentEvent) -> Result<(), PluginError> {
+    fn on_agent_spawned(&self, e: &AgentEvent<'_>) -> Result<(), PluginError> {
         self.hook("agent_spawned", format!("{} {}", e.agent, e.role))
     }
-    fn on_agent_state_changed(&self, e: &AgentStateChange) -> Result<(), PluginError> {
+    fn on_agent_state_changed(&self, e: &AgentStateChange<'_>) -> Result<(), PluginError> {
         self.hook(
             "agent_state_changed",
             format!("{} {} {}", e.agent, e.from, e.to),
         )
     }
-    fn on_agent_failed(&self, e: &AgentFailure) -> Result<(), PluginError> {
+    fn on_agent_failed(&self, e: &AgentFailure<'_>) -> Result<(), PluginError> {
         self.hook("agent_failed", format!("{} {}", e.agent, e.reason))
     }
-    fn on_task_submitted(&self, e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_submitted(&self, e: &TaskEvent<'_>) -> Result<(), PluginError> {
         self.hook(
             "task_submitted",
             format!("{} {} {}", e.task, e.name, target_str(&e.target)),
         )
     }
-    fn on_task_delegated(&self, e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_delegated(&self, e: &TaskEvent<'_>) -> Result<(), PluginError> {
         self.hook(
             "task_delegated",
             format!("{} {} {}", e.task, e.name, e.agent),
         )
     }
-    fn on_task_started(&self, e: &TaskEvent) -> Result<(), PluginError> {
+    fn on_task_started(&self, e: &TaskEvent<'_>) -> Result<(), PluginError> {
         self.hook("task_started", format!("{} {} {}", e.task, e.name, e.agent))
     }
-    fn on_task_completed(&self, e: &TaskCompletion) -> Result<(), PluginError> {
+    fn on_task_completed(&self, e: &TaskCompletion<'_>) -> Result<(), PluginError> {
         let r = self.hook(
             "task_completed",
             format!("{} {} {}", e.task, e.name, e.status),
@@ -181,13 +181,13 @@ impl HivePlugin for Testkit {
         }
         r
     }
-    fn on_performance_metric(&self, e: &Metric) -> Result<(), PluginError> {
+    fn on_performance_metric(&self, e: &Metric<'_>) -> Result<(), PluginError> {
         self.hook("performance_metric", format!("{} {}", e.name, e.value))
     }
-    fn on_run_started(&self, e: &RunEvent) -> Result<(), PluginError> {
+    fn on_run_started(&self, e: &RunEvent<'_>) -> Result<(), PluginError> {
         self.hook("run_started", e.run.to_string())
     }
-    fn on_run_finished(&self, e: &RunEvent) -> Result<(), PluginError> {
+    fn on_run_finished(&self, e: &RunEvent<'_>) -> Result<(), PluginError> {
         self.hook("run_finished", format!("{} {}", e.run, e.state))
     }
 
