@@ -214,7 +214,11 @@ async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
     // Shutdown does not wait for the backlog of a slow plugin past the grace period.
     let t0 = Instant::now();
     k.shutdown(ShutdownMode::Graceful).await;
-    assert!(t0.elapsed() < Duration::from_secs(4), "shutdown waited {:?} for a slow plugin", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "shutdown waited {:?} for a slow plugin",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,24 +561,46 @@ fn config_with(dir: &Path, plugins: &str) -> PathBuf {
 fn hive_plugins_inspect_shows_a_manifest_or_why_not() {
     let dir = scratch("cli-inspect");
     let lib = plugin_lib("hive_testkit");
-    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&lib]).args(["--json"]).run();
+    let out = Hive::new(&dir)
+        .args(["plugins", "inspect"])
+        .args([&lib])
+        .args(["--json"])
+        .run();
     assert_eq!(out.code, 0, "{out:?}");
     let m: Value = serde_json::from_str(&out.stdout).expect("json");
-    assert_eq!((m["name"].as_str(), m["api_version"].as_str()), (Some("testkit"), Some("1.1.0")));
+    assert_eq!(
+        (m["name"].as_str(), m["api_version"].as_str()),
+        (Some("testkit"), Some("1.1.0"))
+    );
     assert!(m["hooks"].as_array().is_some_and(|h| h.len() == 12), "{m}");
 
     let text = dir.join("fake.so");
     std::fs::write(&text, "hello").expect("write");
-    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&text]).run();
+    let out = Hive::new(&dir)
+        .args(["plugins", "inspect"])
+        .args([&text])
+        .run();
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("fake.so") && out.stderr.contains("not a shared library"), "{out:?}");
-    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([system_library()]).run();
+    assert!(
+        out.stderr.contains("fake.so") && out.stderr.contains("not a shared library"),
+        "{out:?}"
+    );
+    let out = Hive::new(&dir)
+        .args(["plugins", "inspect"])
+        .args([system_library()])
+        .run();
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("not a Hive plugin"), "{out:?}");
     let old = hive_tests::repo_root().join("target/compat/target/debug/libcompat_v2_0.so");
-    let out = Hive::new(&dir).args(["plugins", "inspect"]).args([&old]).run();
+    let out = Hive::new(&dir)
+        .args(["plugins", "inspect"])
+        .args([&old])
+        .run();
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("2.0.0") && out.stderr.contains("1.1.0"), "{out:?}");
+    assert!(
+        out.stderr.contains("2.0.0") && out.stderr.contains("1.1.0"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -582,18 +608,35 @@ fn a_run_with_a_panicking_plugin_completes_and_exits_0() {
     let dir = scratch("cli-panicky");
     let cfg = config_with(
         &dir,
-        &format!("[[plugins]]\npath = \"{}\"\n[plugins.config]\npanic = \"all\"\n", plugin_lib("hive_testkit").display()),
+        &format!(
+            "[[plugins]]\npath = \"{}\"\n[plugins.config]\npanic = \"all\"\n",
+            plugin_lib("hive_testkit").display()
+        ),
     );
-    let tasks: Vec<Value> = (0..8).map(|i| json!({"id": format!("t{i}"), "command": "true"})).collect();
+    let tasks: Vec<Value> = (0..8)
+        .map(|i| json!({"id": format!("t{i}"), "command": "true"}))
+        .collect();
     let out = Hive::new(&dir)
         .args(["run", "--config"])
         .args([&cfg])
-        .args(["--tasks", &serde_json::to_string(&tasks).expect("json"), "--json"])
+        .args([
+            "--tasks",
+            &serde_json::to_string(&tasks).expect("json"),
+            "--json",
+        ])
         .run();
     assert_eq!(out.code, 0, "{out:?}");
     let v: Value = serde_json::from_str(&out.stdout).expect("json");
-    assert!(v["tasks"].as_array().is_some_and(|t| t.len() == 8 && t.iter().all(|t| t["status"] == "succeeded")), "{v}");
-    assert!(out.stderr.contains("quarantined"), "the quarantine is logged: {out:?}");
+    assert!(
+        v["tasks"]
+            .as_array()
+            .is_some_and(|t| t.len() == 8 && t.iter().all(|t| t["status"] == "succeeded")),
+        "{v}"
+    );
+    assert!(
+        out.stderr.contains("quarantined"),
+        "the quarantine is logged: {out:?}"
+    );
 }
 
 #[test]
@@ -602,19 +645,42 @@ fn a_required_plugin_that_fails_stops_startup_before_any_task_runs() {
     let marker = dir.join("ran");
     let cfg = config_with(
         &dir,
-        &format!("[[plugins]]\npath = \"{}\"\n[plugins.config]\nrefuse_config = true\n", plugin_lib("hive_testkit").display()),
+        &format!(
+            "[[plugins]]\npath = \"{}\"\n[plugins.config]\nrefuse_config = true\n",
+            plugin_lib("hive_testkit").display()
+        ),
     );
     let task = json!([{"command": "touch", "args": [marker]}]).to_string();
-    let out = Hive::new(&dir).args(["run", "--config"]).args([&cfg]).args(["--tasks", &task]).run();
+    let out = Hive::new(&dir)
+        .args(["run", "--config"])
+        .args([&cfg])
+        .args(["--tasks", &task])
+        .run();
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("refused its config") && out.stderr.contains("hive.toml"), "{out:?}");
-    assert!(!marker.exists(), "no task may run when a required plugin fails to load");
+    assert!(
+        out.stderr.contains("refused its config") && out.stderr.contains("hive.toml"),
+        "{out:?}"
+    );
+    assert!(
+        !marker.exists(),
+        "no task may run when a required plugin fails to load"
+    );
 
     // Optional: a warning, and the run goes on.
-    let cfg = config_with(&dir, "[[plugins]]\npath = \"missing.so\"\noptional = true\n");
-    let out = Hive::new(&dir).args(["run", "--config"]).args([&cfg]).args(["--tasks", &task]).run();
+    let cfg = config_with(
+        &dir,
+        "[[plugins]]\npath = \"missing.so\"\noptional = true\n",
+    );
+    let out = Hive::new(&dir)
+        .args(["run", "--config"])
+        .args([&cfg])
+        .args(["--tasks", &task])
+        .run();
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("warning: optional plugin") && out.stderr.contains("missing.so"), "{out:?}");
+    assert!(
+        out.stderr.contains("warning: optional plugin") && out.stderr.contains("missing.so"),
+        "{out:?}"
+    );
     assert!(marker.exists());
 }
 
@@ -629,13 +695,25 @@ fn hive_plugins_list_loads_the_config_plugins() {
             lib.display()
         ),
     );
-    let out = Hive::new(&dir).args(["plugins", "list", "--json", "--config"]).args([&cfg]).run();
-    assert_eq!(out.code, 1, "a failed optional plugin makes list exit 1: {out:?}");
+    let out = Hive::new(&dir)
+        .args(["plugins", "list", "--json", "--config"])
+        .args([&cfg])
+        .run();
+    assert_eq!(
+        out.code, 1,
+        "a failed optional plugin makes list exit 1: {out:?}"
+    );
     let v: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v[0]["name"], "rec");
     assert_eq!(v[0]["state"], "loaded");
     assert_eq!(v[0]["hooks"], json!(["task_completed"]));
-    assert_eq!((v[1]["name"].as_str(), v[1]["state"].as_str()), (Some("ghost"), Some("failed")));
-    let out = Hive::new(&dir).args(["plugins", "list", "--config"]).args([dir.join("absent.toml")]).run();
+    assert_eq!(
+        (v[1]["name"].as_str(), v[1]["state"].as_str()),
+        (Some("ghost"), Some("failed"))
+    );
+    let out = Hive::new(&dir)
+        .args(["plugins", "list", "--config"])
+        .args([dir.join("absent.toml")])
+        .run();
     assert_eq!(out.code, 2, "{out:?}");
 }

@@ -15,18 +15,28 @@ use serde_json::{json, Value};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 async fn throughput(plugins: Vec<PluginSpec>) -> f64 {
-    let k = Kernel::builder().queue_capacity(20_000).build().expect("kernel");
-    k.load_plugins(&plugins, QuarantinePolicy::default(), Path::new(".")).expect("plugins");
+    let k = Kernel::builder()
+        .queue_capacity(20_000)
+        .build()
+        .expect("kernel");
+    k.load_plugins(&plugins, QuarantinePolicy::default(), Path::new("."))
+        .expect("plugins");
     let noop = InprocDriver::new(|_| async { Ok(Value::Null) }).shared();
     for _ in 0..8 {
-        k.spawn_agent(AgentSpec::new("w", noop.clone())).await.expect("spawn");
+        k.spawn_agent(AgentSpec::new("w", noop.clone()))
+            .await
+            .expect("spawn");
     }
     let mut rates = Vec::new();
     for round in 0..9 {
         let t0 = Instant::now();
         let mut hs = Vec::with_capacity(10_000);
         for _ in 0..10_000 {
-            hs.push(k.submit(TaskSpec::for_role("w", Value::Null)).await.expect("submit"));
+            hs.push(
+                k.submit(TaskSpec::for_role("w", Value::Null))
+                    .await
+                    .expect("submit"),
+            );
         }
         for h in hs {
             h.await;
@@ -38,7 +48,10 @@ async fn throughput(plugins: Vec<PluginSpec>) -> f64 {
     let h = k.health();
     for p in &h.plugins {
         if p.dropped > 0 || p.errors > 0 {
-            println!("    ({}: delivered {}, dropped {}, errors {})", p.name, p.delivered, p.dropped, p.errors);
+            println!(
+                "    ({}: delivered {}, dropped {}, errors {})",
+                p.name, p.delivered, p.dropped, p.errors
+            );
         }
     }
     k.shutdown(hive_kernel::ShutdownMode::Now).await;
@@ -68,9 +81,18 @@ fn main() {
     let scenarios = move || -> Vec<(&'static str, Vec<PluginSpec>)> {
         vec![
             ("none", vec![]),
-            ("noop_before_delegate", vec![noop_with("d", Some(&["before_delegate"]))]),
-            ("noop_observer_task_completed", vec![noop_with("o", Some(&["task_completed"]))]),
-            ("four_noop_all_hooks", (0..4).map(|i| noop_with(&format!("n{i}"), None)).collect()),
+            (
+                "noop_before_delegate",
+                vec![noop_with("d", Some(&["before_delegate"]))],
+            ),
+            (
+                "noop_observer_task_completed",
+                vec![noop_with("o", Some(&["task_completed"]))],
+            ),
+            (
+                "four_noop_all_hooks",
+                (0..4).map(|i| noop_with(&format!("n{i}"), None)).collect(),
+            ),
             (
                 "sleepy_observer_1s",
                 vec![PluginSpec::path(&testkit)

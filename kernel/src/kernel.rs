@@ -1316,9 +1316,9 @@ impl Inner {
         } = s;
         let (agent_id, task_id, attempt) = (agent.id, entry.id, *attempt);
         if let Some(set) = self.plugins.get().filter(|p| p.has_delegate_hooks()) {
-            let payload = entry
-                .payload_json
-                .get_or_init(|| serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into()));
+            let payload = entry.payload_json.get_or_init(|| {
+                serde_json::to_string(&*entry.spec.payload).unwrap_or_else(|_| "null".into())
+            });
             let rerouted = entry.st.lock().reroute.clone();
             let req = hive_plugin_api::DelegateRequest {
                 task: task_id.get(),

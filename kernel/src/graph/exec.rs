@@ -1412,7 +1412,8 @@ impl Exec {
     }
 
     /// `skip_dependents`: every step downstream of `ix` is skipped, whatever else it waits
-    /// for and whatever its condition.
+    /// for, except steps with a `when`: those are decided by their condition once their
+    /// dependencies have ended (that is how a plan runs cleanup after a failure).
     fn force_skip(&mut self, ix: Ix) {
         let plan = self.plan.clone();
         let cause = self.nodes[ix].id.clone();
@@ -1423,6 +1424,14 @@ impl Exec {
         };
         for &d in &plan.steps[self.nodes[ix].step].dependents {
             if self.nodes[d].phase != Phase::Waiting {
+                continue;
+            }
+            if plan.steps[d].when.is_some() {
+                let n = &mut self.nodes[d];
+                n.waiting = n.waiting.saturating_sub(1);
+                if n.waiting == 0 {
+                    self.decide(d);
+                }
                 continue;
             }
             self.nodes[d].forced = true;
@@ -1648,8 +1657,9 @@ impl Exec {
         let cancelled = children
             .iter()
             .any(|&c| self.nodes[c].state == StepState::Cancelled);
-        let attempts: u32 = children.iter().map(|&c| self.nodes[c].attempts).sum();
-        self.nodes[ix].attempts = attempts;
+        // The step's own figures: its items' span (each item has its own attempts).
+        let started = self.nodes[ix].started_at;
+        self.nodes[ix].duration = started.map_or(Duration::ZERO, |t| Timestamp::now().since(t));
         if let Some(&first) = failed.first() {
             let msg = format!(
                 "{} of {total} items failed; `{}`: {}",

@@ -232,9 +232,21 @@ fn s(x: &str) -> RStr<'_> {
 pub(crate) fn abi_target(t: &Target) -> hive_plugin_api::TargetRef<'_> {
     use hive_plugin_api::{TargetKind, TargetRef};
     match t {
-        Target::Role(r) => TargetRef { kind: TargetKind::ROLE, name: RStr::from(&**r), agent: 0 },
-        Target::Capability(c) => TargetRef { kind: TargetKind::CAPABILITY, name: RStr::from(&**c), agent: 0 },
-        Target::Agent(a) => TargetRef { kind: TargetKind::AGENT, name: RStr::from(""), agent: a.get() },
+        Target::Role(r) => TargetRef {
+            kind: TargetKind::ROLE,
+            name: RStr::from(&**r),
+            agent: 0,
+        },
+        Target::Capability(c) => TargetRef {
+            kind: TargetKind::CAPABILITY,
+            name: RStr::from(&**c),
+            agent: 0,
+        },
+        Target::Agent(a) => TargetRef {
+            kind: TargetKind::AGENT,
+            name: RStr::from(""),
+            agent: a.get(),
+        },
     }
 }
 
@@ -540,7 +552,9 @@ impl PluginSet {
                         got += 1;
                         set.deliver(&p, &ev.event);
                         p.dropped.store(stream.lost(), Ordering::Relaxed);
-                        if stopping && Instant::now() >= set.stop_by.lock().unwrap_or_else(Instant::now) {
+                        if stopping
+                            && Instant::now() >= set.stop_by.lock().unwrap_or_else(Instant::now)
+                        {
                             break;
                         }
                     }
