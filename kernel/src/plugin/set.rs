@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use abi_stable::nonexhaustive_enum::NonExhaustiveFor;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr};
 use hive_plugin_api::{
@@ -485,47 +486,61 @@ impl PluginSet {
         !self.on_failed.is_empty()
     }
 
-    /// `before_delegate` in config order; the first non-Continue answer wins.
-    pub(crate) fn before_delegate(
+    /// Asks `plugins` in config order (skipping the quarantined); the first answer for which
+    /// `passes` is false wins. An answer this kernel does not know counts as a pass; a failed
+    /// call is counted towards quarantine and counts as a pass too.
+    fn first_decision<E: Clone>(
         &self,
-        req: &DelegateRequest<'_>,
-    ) -> Option<(Arc<str>, Delegate)> {
-        for p in &self.delegates {
-            if !p.wants(Hooks::BEFORE_DELEGATE) {
+        plugins: &[Arc<LoadedPlugin>],
+        hook: &'static str,
+        bit: Hooks,
+        ask: impl Fn(&LoadedPlugin) -> RResult<NonExhaustiveFor<E>, PluginError>,
+        passes: impl Fn(&E) -> bool,
+    ) -> Option<(Arc<str>, E)>
+    where
+        E: abi_stable::nonexhaustive_enum::GetEnumInfo,
+    {
+        for p in plugins {
+            if !p.wants(bit) {
                 continue;
             }
-            match p.timed(|| p.plugin.before_delegate(req)) {
+            match p.timed(|| ask(p)) {
                 RResult::ROk(d) => match d.as_enum() {
-                    Ok(Delegate::Continue) => {}
-                    Ok(other) => return Some((p.name.clone(), other.clone())),
+                    Ok(answer) if passes(answer) => {}
+                    Ok(answer) => return Some((p.name.clone(), answer.clone())),
                     Err(_) => {
-                        tracing::warn!(plugin = %p.name, "before_delegate answered a decision this kernel does not know; treated as Continue")
+                        tracing::warn!(plugin = %p.name, hook, "unknown answer (a newer plugin-api?); ignored")
                     }
                 },
-                RResult::RErr(e) => self.failed_hook(p, "before_delegate", &e),
+                RResult::RErr(e) => self.failed_hook(p, hook, &e),
             }
         }
         None
     }
 
+    /// `before_delegate` in config order; the first non-Continue answer wins.
+    pub(crate) fn before_delegate(
+        &self,
+        req: &DelegateRequest<'_>,
+    ) -> Option<(Arc<str>, Delegate)> {
+        self.first_decision(
+            &self.delegates,
+            "before_delegate",
+            Hooks::BEFORE_DELEGATE,
+            |p| p.plugin.before_delegate(req),
+            |d| matches!(d, Delegate::Continue),
+        )
+    }
+
     /// `on_task_failed` in config order; the first non-Default answer wins.
     pub(crate) fn on_task_failed(&self, info: &FailureInfo<'_>) -> Option<(Arc<str>, OnFailure)> {
-        for p in &self.on_failed {
-            if !p.wants(Hooks::ON_TASK_FAILED) {
-                continue;
-            }
-            match p.timed(|| p.plugin.on_task_failed(info)) {
-                RResult::ROk(d) => match d.as_enum() {
-                    Ok(OnFailure::Default) => {}
-                    Ok(other) => return Some((p.name.clone(), other.clone())),
-                    Err(_) => {
-                        tracing::warn!(plugin = %p.name, "on_task_failed answered a decision this kernel does not know; treated as Default")
-                    }
-                },
-                RResult::RErr(e) => self.failed_hook(p, "on_task_failed", &e),
-            }
-        }
-        None
+        self.first_decision(
+            &self.on_failed,
+            "on_task_failed",
+            Hooks::ON_TASK_FAILED,
+            |p| p.plugin.on_task_failed(info),
+            |d| matches!(d, OnFailure::Default),
+        )
     }
 
     /// The observer thread of one plugin. It drains its subscription in batches and naps
