@@ -515,6 +515,7 @@ impl Exec {
 
     pub(crate) async fn run(mut self) -> Result<RunReport, RunError> {
         let t0 = Instant::now();
+        self.kernel.run_started(&self.run_id, self.plan.id());
         self.emit(
             RunEventKind::RunStarted {
                 plan_id: self.plan.id().to_string(),
@@ -572,6 +573,8 @@ impl Exec {
                 finished: true,
             },
         );
+        self.kernel
+            .run_finished(&self.run_id, self.plan.id(), state.as_str());
         if let Some(j) = &mut self.journal {
             if let Err(source) = j.flush() {
                 let path = j.path().to_path_buf();

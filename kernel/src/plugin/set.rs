@@ -489,7 +489,7 @@ impl PluginSet {
     /// Asks `plugins` in config order (skipping the quarantined); the first answer for which
     /// `passes` is false wins. An answer this kernel does not know counts as a pass; a failed
     /// call is counted towards quarantine and counts as a pass too.
-    fn first_decision<E: Clone>(
+    fn first_decision<E>(
         &self,
         plugins: &[Arc<LoadedPlugin>],
         hook: &'static str,
@@ -498,7 +498,7 @@ impl PluginSet {
         passes: impl Fn(&E) -> bool,
     ) -> Option<(Arc<str>, E)>
     where
-        E: abi_stable::nonexhaustive_enum::GetEnumInfo,
+        E: Clone + abi_stable::nonexhaustive_enum::GetEnumInfo,
     {
         for p in plugins {
             if !p.wants(bit) {

@@ -614,29 +614,29 @@ impl StateStore {
             .collect::<Result<Vec<StepRecord>, _>>()
             .map_err(self.m())?;
         drop(st);
-        // A step's row is written when it ends; a running attempt says it runs now.
+        // A step's row is written when it ends: its attempts (and whether one runs now) are
+        // read from the attempts table.
         let (lo, hi) = db::attempt_range(self.run_no_locked(&conn, id)?);
         let mut st = conn
             .prepare(
-                "SELECT step_no, attempt, started_at FROM attempts WHERE id BETWEEN ?1 AND ?2 AND state = 'running'",
+                "SELECT step_no, attempt, state, started_at FROM attempts WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
             )
             .map_err(self.m())?;
-        let running: HashMap<u32, (u32, Option<Timestamp>)> = st
-            .query_map(rusqlite::params![lo, hi], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    (r.get::<_, u32>(1)?, parse_ts(r.get(2)?)),
-                ))
-            })
-            .map_err(self.m())?
-            .collect::<Result<_, _>>()
-            .map_err(self.m())?;
+        let mut last: HashMap<u32, (u32, bool, Option<Timestamp>)> = HashMap::new();
+        let mut q = st.query(rusqlite::params![lo, hi]).map_err(self.m())?;
+        while let Some(r) = q.next().map_err(self.m())? {
+            let no: u32 = r.get(0).map_err(self.m())?;
+            let attempt: u32 = r.get(1).map_err(self.m())?;
+            let state: String = r.get(2).map_err(self.m())?;
+            let started = parse_ts(r.get(3).map_err(self.m())?);
+            last.insert(no, (attempt, state == "running", started));
+        }
         let mut rows = rows;
         for s in rows.iter_mut() {
-            if let Some((attempt, started)) = running.get(&s.step_no) {
-                if !s.state.is_terminal() {
+            if let Some((attempt, running, started)) = last.get(&s.step_no) {
+                s.attempts = s.attempts.max(*attempt);
+                if *running && !s.state.is_terminal() {
                     s.state = StepState::Running;
-                    s.attempts = s.attempts.max(*attempt);
                     s.started_at = *started;
                 }
             }

@@ -414,6 +414,17 @@ impl Thread {
                         params![no, plan_hash, now],
                     )
                     .map_err(m)?;
+                    // Attempt starts are not written to the steps table (only to attempts):
+                    // fold them into it before anything else.
+                    let (lo, hi) = db::step_range(no);
+                    tx.execute(
+                        "UPDATE steps SET attempts = MAX(attempts, COALESCE((SELECT MAX(a.attempt) FROM attempts a \
+                         WHERE a.id BETWEEN ((steps.run_no << 40) | (steps.step_no << 16)) \
+                         AND ((steps.run_no << 40) | (steps.step_no << 16) | 65535)), 0)) \
+                         WHERE id BETWEEN ?1 AND ?2",
+                        params![lo, hi],
+                    )
+                    .map_err(m)?;
                     let (lo, hi) = db::attempt_range(no);
                     tx.execute(
                         "UPDATE attempts SET state = 'interrupted', finished_at = ?3, error = 'the hive process running it ended' \

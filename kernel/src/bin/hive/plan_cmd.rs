@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, CacheMode, Config, Kernel, Plan, PlanError, PlanRun, ProcessConfig, ProcessDriver,
-    RunError, RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState,
-    Timestamp,
+    AgentSpec, CacheMode, Config, Plan, PlanError, PlanRun, ProcessConfig, ProcessDriver, RunError,
+    RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState, Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -470,6 +469,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
 pub(crate) async fn resume(args: ResumeArgs) -> Result<u8, Exit> {
     let store = need_store(args.state.state_dir, &args.run)?;
     let record = store.run(&args.run)?;
+    if record.state == RunState::Succeeded {
+        eprintln!(
+            "hive: run {} already succeeded: nothing to resume",
+            args.run
+        );
+        return Ok(0);
+    }
     if store.is_running_now(&args.run) {
         return Err(StateError::RunBusy {
             run: args.run.clone(),
@@ -527,14 +533,11 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         mut opts,
         resume,
     } = l;
-    let mut builder = match &config {
-        Some((_, c)) => c.kernel_builder(),
-        None => Kernel::builder(),
-    };
-    if let Some(t) = plan.default_timeout() {
-        builder.default_timeout(t);
-    }
-    let kernel = builder.build()?;
+    let kernel = crate::setup::build_kernel(config.as_ref().map(|c| &c.1), |b| {
+        if let Some(t) = plan.default_timeout() {
+            b.default_timeout(t);
+        }
+    })?;
     let sink = match &events {
         Some(p) => Some(
             kernel
@@ -561,14 +564,20 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     }
     if let Some((_, c)) = &config {
         let roles = plan.roles();
-        for pool in c.pools().iter().filter(|p| roles.contains(&&*p.role)) {
-            kernel.declare_role(&*pool.role, pool.role_config)?;
-            for _ in 0..pool.size {
-                if let Err(e) = kernel.spawn_agent(pool.spec.clone()).await {
-                    kernel.shutdown(ShutdownMode::Now).await;
-                    return Err(Exit::failed(e.to_string()));
-                }
+        let pools = c.pools();
+        let wanted: Vec<_> = pools.iter().filter(|p| roles.contains(&&*p.role)).collect();
+        let failures = crate::setup::spawn_pools(&kernel, wanted.iter().copied()).await?;
+        if !failures.is_empty() {
+            for f in &failures {
+                eprintln!("hive: {f}");
             }
+            kernel.shutdown(ShutdownMode::Now).await;
+            return Err(Exit::failed(format!(
+                "{} agent(s) did not start",
+                failures.len()
+            )));
+        }
+        for pool in wanted {
             capacity.insert(
                 pool.role.to_string(),
                 (pool.size as usize * pool.spec.capacity as usize).max(1),
