@@ -89,6 +89,7 @@ fn main() {
                 "noop_observer_task_completed",
                 vec![noop_with("o", Some(&["task_completed"]))],
             ),
+            ("one_noop_all_hooks", vec![noop_with("a", None)]),
             (
                 "four_noop_all_hooks",
                 (0..4).map(|i| noop_with(&format!("n{i}"), None)).collect(),

@@ -285,7 +285,8 @@ impl Event {
 pub struct EventEnvelope {
     /// Strictly increasing per kernel (gaps mean nobody was listening).
     pub seq: u64,
-    /// When it was emitted.
+    /// When it was emitted, to the resolution of the coarse real-time clock (about 1 to
+    /// 4 ms); `seq` gives the order.
     pub at: Timestamp,
     /// What happened.
     #[serde(flatten)]
@@ -353,7 +354,7 @@ impl EventBus {
         }
         let env = EventEnvelope {
             seq,
-            at: Timestamp::now(),
+            at: Timestamp::now_coarse(),
             event: make(),
         };
         let _ = self.tx.send(Arc::new(env));

@@ -59,6 +59,23 @@ impl Timestamp {
         Self::from(SystemTime::now())
     }
 
+    /// Now, from the kernel's coarse real-time clock: a few nanoseconds to read, with the
+    /// resolution of the scheduler tick (about 1 to 4 ms). Used for event envelopes, whose
+    /// order is carried by their sequence numbers; task timings use [`Timestamp::now`].
+    pub fn now_coarse() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we pass.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
+        if ok && ts.tv_sec >= 0 {
+            Timestamp(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000)
+        } else {
+            Self::now()
+        }
+    }
+
     /// Microseconds since the Unix epoch.
     pub fn micros(self) -> u64 {
         self.0

@@ -1,0 +1,452 @@
+//! End-to-end tests of plans on the `hive` command line: `hive validate` and `hive schema`,
+//! `hive run PLAN` (its `run RUN_ID` line, exit codes, `--json`), bad input (exit 2 naming
+//! file, field and line), `hive runs`, `show`, `events [--follow]`, `resume` (changed plans,
+//! Ctrl-C), a corrupt state database, caching, and the example plans.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hive_tests::{repo_root, scratch, wait_until, Finished, Hive};
+use serde_json::Value;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+fn hive(dir: &Path, args: &[&str]) -> Finished {
+    Hive::new(dir).args(args).run()
+}
+
+/// The run id from `hive run`'s first stderr line (`run RUN_ID`).
+fn run_id(f: &Finished) -> String {
+    let first = f.stderr.lines().next().unwrap_or_default();
+    first
+        .strip_prefix("run ")
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("stderr does not start with `run RUN_ID`:\n{f}"))
+}
+
+fn assert_bad_input(f: &Finished, needles: &[&str]) {
+    assert_eq!(f.code, 2, "expected exit 2:\n{f}");
+    assert!(f.stderr.contains("error"), "no error message:\n{f}");
+    for n in needles {
+        assert!(f.stderr.contains(n), "stderr lacks {n:?}:\n{f}");
+    }
+}
+
+const OK_PLAN: &str = r#"
+plan_id: ok
+version: 1
+steps:
+  - id: hello
+    command: "echo '::hive-outputs::{\"who\": \"world\"}'"
+    outputs: [who]
+  - id: greet
+    depends_on: [hello]
+    command: echo
+    args: ["hello ${steps.hello.outputs.who}"]
+"#;
+
+#[test]
+fn validate_exits_0_for_a_good_plan_and_2_naming_file_and_line() {
+    let dir = scratch("plan-validate");
+    let good = write(&dir, "good.yaml", OK_PLAN);
+    let f = hive(&dir, &["validate", &good.display().to_string()]);
+    assert_eq!(f.code, 0, "{f}");
+    assert!(f.stdout.contains("ok"), "{f}");
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "plan_id: x\nversion: 1\nsteps:\n  - id: a\n    command: 'true'\n    depends_on: [b]\n  - id: b\n    command: 'true'\n    depends_on: [a]\n  - id: c\n    command: 'true'\n    depends_on: [nope]\n",
+    );
+    let f = hive(&dir, &["validate", "bad.yaml"]);
+    assert_bad_input(
+        &f,
+        &["bad.yaml:9:", "a -> b -> a", "bad.yaml:12:", "`nope`"],
+    );
+    assert!(
+        f.stderr.lines().all(|l| l.starts_with("hive: error: ")),
+        "each problem on its own error line:\n{f}"
+    );
+    let f = hive(&dir, &["validate", "missing.json"]);
+    assert_bad_input(&f, &["missing.json", "cannot read"]);
+}
+
+#[test]
+fn schema_prints_the_plan_json_schema() {
+    let dir = scratch("plan-schema");
+    let f = hive(&dir, &["schema", "plan"]);
+    assert_eq!(f.code, 0, "{f}");
+    let v = f.json();
+    assert!(v["$schema"]
+        .as_str()
+        .unwrap_or("")
+        .contains("json-schema.org"));
+    assert!(v["properties"]["steps"]["items"].is_object(), "{v}");
+}
+
+#[test]
+fn run_prints_its_id_first_and_reports_json() {
+    let dir = scratch("plan-run-json");
+    write(&dir, "p.yaml", OK_PLAN);
+    let f = hive(&dir, &["run", "p.yaml", "--state-dir", "st", "--json"]);
+    assert_eq!(f.code, 0, "{f}");
+    let id = run_id(&f);
+    let v = f.json();
+    assert_eq!(v["run_id"], id.as_str());
+    assert_eq!(v["state"], "succeeded");
+    let tasks = v["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0]["id"], "hello");
+    assert_eq!(tasks[0]["outputs"]["who"], "world");
+    assert_eq!(tasks[1]["status"], "succeeded");
+    assert!(tasks[1]["output"]["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .contains("hello world"));
+    assert!(v["metrics"]["wall_time"].as_f64().is_some());
+    // HIVE_STATE_DIR is honoured.
+    let f = Hive::new(&dir)
+        .args(["run", "p.yaml", "-q"])
+        .env("HIVE_STATE_DIR", dir.join("env-state"))
+        .run();
+    assert_eq!(f.code, 0, "{f}");
+    assert!(dir.join("env-state").join("state.db").exists());
+}
+
+#[test]
+fn a_failed_step_exits_1_and_names_the_step() {
+    let dir = scratch("plan-run-fail");
+    write(
+        &dir,
+        "p.json",
+        r#"{"plan_id": "f", "version": "1", "steps": [
+            {"id": "boom", "command": "sh", "args": ["-c", "echo oops >&2; exit 3"]},
+            {"id": "after", "command": "true", "depends_on": ["boom"]}]}"#,
+    );
+    let f = hive(&dir, &["run", "p.json", "--state-dir", "st"]);
+    assert_eq!(f.code, 1, "{f}");
+    assert!(f.stdout.contains("boom failed"), "{f}");
+    assert!(f.stdout.contains("oops"), "{f}");
+    assert!(
+        f.stdout.contains("1 cancelled"),
+        "abort cancels `after`:\n{f}"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let dir = scratch("plan-bad-input");
+    write(&dir, "p.yaml", OK_PLAN);
+    let f = hive(&dir, &["run", "p.yaml", "--tasks", "[]"]);
+    assert_bad_input(&f, &["exactly one of PLAN"]);
+    let f = hive(&dir, &["run"]);
+    assert_bad_input(&f, &["exactly one of PLAN"]);
+    let f = hive(&dir, &["run", "p.yaml", "--var", "NOEQUALS"]);
+    assert_bad_input(&f, &["--var NOEQUALS", "K=V"]);
+    write(
+        &dir,
+        "v.yaml",
+        "plan_id: v\nversion: 1\nsteps:\n  - id: a\n    command: echo ${BRANCH}\n",
+    );
+    let f = hive(&dir, &["run", "v.yaml", "--state-dir", "st"]);
+    assert_bad_input(&f, &["v.yaml:5:", "steps[0].command", "${BRANCH}"]);
+    assert!(
+        !dir.join("st").exists(),
+        "nothing runs (or is stored) when the plan is refused"
+    );
+    let f = hive(
+        &dir,
+        &["run", "v.yaml", "--var", "BRANCH=x", "--state-dir", "st"],
+    );
+    assert_eq!(f.code, 0, "{f}");
+    write(
+        &dir,
+        "r.yaml",
+        "plan_id: r\nversion: 1\nsteps:\n  - id: a\n    role: llm\n    task: {q: 1}\n",
+    );
+    let f = hive(&dir, &["run", "r.yaml", "--state-dir", "st"]);
+    assert_bad_input(&f, &["role `llm`", "--config"]);
+    let f = hive(&dir, &["run", "p.yaml", "--timeout", "3"]);
+    assert_eq!(f.code, 2, "--timeout is for --tasks:\n{f}");
+}
+
+#[test]
+fn runs_show_and_events_read_the_state() {
+    let dir = scratch("plan-readers");
+    write(&dir, "p.yaml", OK_PLAN);
+    let f = hive(&dir, &["run", "p.yaml", "--state-dir", "st", "-q"]);
+    assert_eq!(f.code, 0, "{f}");
+    let id = run_id(&f);
+    let f = hive(&dir, &["runs", "--state-dir", "st", "--json"]);
+    assert_eq!(f.code, 0, "{f}");
+    let runs = f.json();
+    let r = runs
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} not listed: {runs}"));
+    assert_eq!(r["plan"], "ok");
+    assert_eq!(r["state"], "succeeded");
+    assert!(r["started_at"].is_string() && r["finished_at"].is_string());
+    let f = hive(&dir, &["runs", "--state-dir", "st"]);
+    assert!(
+        f.stdout.contains(&id) && f.stdout.contains("succeeded"),
+        "{f}"
+    );
+    let f = hive(&dir, &["show", &id, "--state-dir", "st"]);
+    assert_eq!(f.code, 0, "{f}");
+    assert!(
+        f.stdout.contains("greet") && f.stdout.contains("succeeded"),
+        "{f}"
+    );
+    let f = hive(&dir, &["show", &id, "--state-dir", "st", "--json"]);
+    let v = f.json();
+    assert_eq!(v["steps"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["attempts"].as_array().map(Vec::len), Some(2));
+    let f = hive(&dir, &["events", &id, "--state-dir", "st"]);
+    let types: Vec<String> = f
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("JSON line")["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("run_started"));
+    assert_eq!(types.last().map(String::as_str), Some("run_finished"));
+    assert_eq!(types.iter().filter(|t| *t == "step_finished").count(), 2);
+    let file = std::fs::read_to_string(dir.join("st").join("runs").join(format!("{id}.jsonl")))
+        .expect("JSONL file beside the database");
+    assert_eq!(file.lines().count(), types.len());
+    let f = hive(&dir, &["show", "no-such-run", "--state-dir", "st"]);
+    assert_bad_input(&f, &["no-such-run"]);
+}
+
+#[test]
+fn events_follow_ends_with_the_run() {
+    let dir = scratch("plan-follow");
+    write(
+        &dir,
+        "slow.yaml",
+        "plan_id: s\nversion: 1\nsteps:\n  - id: a\n    command: sleep\n    args: ['0.5']\n  - id: b\n    command: 'true'\n    depends_on: [a]\n",
+    );
+    let mut run = Hive::new(&dir)
+        .args(["run", "slow.yaml", "--state-dir", "st", "-q"])
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || run.stderr().starts_with("run ")),
+        "no run line: {}",
+        run.stderr()
+    );
+    let id = run
+        .stderr()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .replace("run ", "");
+    let f = hive(&dir, &["events", &id, "--state-dir", "st", "--follow"]);
+    assert_eq!(f.code, 0, "{f}");
+    assert!(
+        f.stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("run_finished"),
+        "{f}"
+    );
+    let done = run.wait(Duration::from_secs(10)).expect("run ends");
+    assert_eq!(done.code, 0, "{done}");
+}
+
+#[test]
+fn resume_refuses_a_changed_plan_unless_forced() {
+    let dir = scratch("plan-resume-changed");
+    let plan = "plan_id: c\nversion: 1\nsteps:\n  - id: a\n    command: sh\n    args: [-c, 'echo a >> log']\n  - id: b\n    command: sh\n    args: [-c, 'test -e fixed']\n    depends_on: [a]\n";
+    write(&dir, "p.yaml", plan);
+    let f = hive(&dir, &["run", "p.yaml", "--state-dir", "st", "-q"]);
+    assert_eq!(f.code, 1, "{f}");
+    let id = run_id(&f);
+    // Same file: resume re-runs the failed step (still failing).
+    write(&dir, "fixed", "");
+    write(&dir, "p.yaml", &format!("{plan}# changed\n"));
+    let f = hive(&dir, &["resume", &id, "--state-dir", "st", "-q"]);
+    assert_bad_input(&f, &["changed", "--force"]);
+    let f = hive(
+        &dir,
+        &["resume", &id, "--state-dir", "st", "--force", "--json"],
+    );
+    assert_eq!(f.code, 0, "{f}");
+    assert_eq!(run_id(&f), id);
+    let v = f.json();
+    assert_eq!(v["state"], "succeeded");
+    assert_eq!(v["resumed"], true);
+    let log = std::fs::read_to_string(dir.join("log")).expect("log");
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "`a` succeeded before: not run again"
+    );
+    let f = hive(&dir, &["resume", &id, "--state-dir", "st"]);
+    assert_eq!(f.code, 0, "{f}");
+    assert!(f.stderr.contains("nothing to resume"), "{f}");
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_resume_finishes_it() {
+    let dir = scratch("plan-interrupt");
+    write(
+        &dir,
+        "p.yaml",
+        "plan_id: i\nversion: 1\nsteps:\n  - id: long\n    command: sh\n    args: [-c, 'test -e go || sleep 30']\n  - id: next\n    command: 'true'\n    depends_on: [long]\n",
+    );
+    let mut run = Hive::new(&dir)
+        .args(["run", "p.yaml", "--state-dir", "st", "-q"])
+        .spawn();
+    assert!(wait_until(Duration::from_secs(10), || run
+        .stderr()
+        .starts_with("run ")));
+    let id = run
+        .stderr()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .replace("run ", "");
+    // Wait for the step to be running before interrupting.
+    assert!(wait_until(Duration::from_secs(10), || {
+        hive(&dir, &["show", &id, "--state-dir", "st"])
+            .stdout
+            .contains("running")
+    }));
+    run.signal(libc::SIGINT);
+    let f = run.wait(Duration::from_secs(20)).expect("hive ends");
+    assert_eq!(f.code, 130, "{f}");
+    let show = hive(&dir, &["show", &id, "--state-dir", "st"]);
+    assert!(show.stdout.contains("cancelled"), "{show}");
+    write(&dir, "go", "");
+    let f = hive(&dir, &["resume", &id, "--state-dir", "st", "-q"]);
+    assert_eq!(f.code, 0, "{f}");
+}
+
+#[test]
+fn a_corrupt_state_database_is_a_clear_error() {
+    let dir = scratch("plan-corrupt");
+    write(&dir, "p.yaml", OK_PLAN);
+    std::fs::create_dir_all(dir.join("st")).expect("mkdir");
+    std::fs::write(dir.join("st").join("state.db"), vec![7u8; 4096]).expect("write");
+    let f = hive(&dir, &["run", "p.yaml", "--state-dir", "st"]);
+    assert_bad_input(&f, &["state.db", "corrupt"]);
+    assert!(!f.stderr.contains("panicked"), "{f}");
+    let f = hive(&dir, &["runs", "--state-dir", "st"]);
+    assert_bad_input(&f, &["corrupt"]);
+}
+
+#[test]
+fn cache_hits_and_misses_on_the_command_line() {
+    let dir = scratch("plan-cache");
+    write(&dir, "input.txt", "1");
+    write(
+        &dir,
+        "p.yaml",
+        "plan_id: c\nversion: 1\nsteps:\n  - id: build\n    command: sh\n    args: [-c, 'cat input.txt >> built']\n    cache:\n      inputs: [input.txt]\n",
+    );
+    let status = |args: &[&str]| -> String {
+        let mut a = vec!["run", "p.yaml", "--state-dir", "st", "--json"];
+        a.extend_from_slice(args);
+        let f = hive(&dir, &a);
+        assert_eq!(f.code, 0, "{f}");
+        f.json()["tasks"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status(&[]), "succeeded");
+    assert_eq!(status(&[]), "cached");
+    write(&dir, "input.txt", "2");
+    assert_eq!(status(&[]), "succeeded", "a changed input misses");
+    assert_eq!(status(&[]), "cached");
+    assert_eq!(status(&["--no-cache"]), "succeeded");
+    let built = std::fs::read_to_string(dir.join("built")).expect("built");
+    assert_eq!(built, "122", "ran three times");
+}
+
+fn example(name: &str) -> String {
+    repo_root()
+        .join("examples")
+        .join("plans")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_example_plans_validate_and_run() {
+    let dir = scratch("plan-examples");
+    for p in ["safe_merge.yaml", "ci.toml", "fan_out.json"] {
+        let f = hive(&dir, &["validate", &example(p)]);
+        assert_eq!(f.code, 0, "{p}: {f}");
+    }
+    let f = hive(
+        &dir,
+        &[
+            "run",
+            &example("fan_out.json"),
+            "--state-dir",
+            "st",
+            "--json",
+        ],
+    );
+    assert_eq!(f.code, 0, "{f}");
+    let v = f.json();
+    let sum = v["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == "sum"))
+        .map(|t| t["outputs"]["sum"].clone());
+    assert_eq!(sum, Some(Value::from(1496)), "1..16 squared");
+    let git = std::process::Command::new("git").arg("--version").output();
+    if git.is_ok_and(|o| o.status.success()) {
+        let f = hive(
+            &dir,
+            &[
+                "run",
+                &example("safe_merge.yaml"),
+                "--state-dir",
+                "st",
+                "--json",
+            ],
+        );
+        assert_eq!(f.code, 0, "{f}");
+        let log = std::process::Command::new("git")
+            .args(["log", "--oneline", "-1"])
+            .current_dir(dir.join(".hive").join("safe-merge-demo"))
+            .output()
+            .expect("git log");
+        assert!(String::from_utf8_lossy(&log.stdout).contains("Merge feature/demo"));
+    }
+    let config = repo_root().join("examples").join("hive.toml");
+    let args = [
+        "run",
+        &example("ci.toml"),
+        "--config",
+        &config.display().to_string(),
+        "--state-dir",
+        "st",
+        "--json",
+    ];
+    let f = hive(&dir, &args);
+    assert_eq!(f.code, 0, "{f}");
+    let build = |f: &Finished| {
+        f.json()["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["id"] == "build"))
+            .map(|t| t["status"].clone())
+    };
+    assert_eq!(build(&f), Some(Value::from("succeeded")));
+    let f = hive(&dir, &args);
+    assert_eq!(f.code, 0, "{f}");
+    assert_eq!(build(&f), Some(Value::from("cached")));
+}
