@@ -204,6 +204,23 @@ fn print_report(r: &HealthReport, source: &str, _config: &Path) {
             h.latency.p95_ms
         );
     }
+    for p in &r.plugins {
+        say!(
+            "plugin {} {}: {}  errors {}  delivered {}  dropped {}  decisions {} (mean {:.2} us){}",
+            p.name,
+            p.version,
+            p.state,
+            p.errors,
+            p.delivered,
+            p.dropped,
+            p.decisions,
+            p.decision_mean_us,
+            p.reason
+                .as_deref()
+                .map(|r| format!("  reason: {r}"))
+                .unwrap_or_default()
+        );
+    }
     for a in r.agent_list.iter().filter(|a| a.state.is_terminal()) {
         say!("{} ({}) {}", a.id, a.role, a.state);
     }
