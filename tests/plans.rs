@@ -56,7 +56,7 @@ fn validate_exits_0_for_a_good_plan_and_2_naming_file_and_line() {
     let f = hive(&dir, &["validate", &good.display().to_string()]);
     assert_eq!(f.code, 0, "{f}");
     assert!(f.stdout.contains("ok"), "{f}");
-    let bad = write(
+    write(
         &dir,
         "bad.yaml",
         "plan_id: x\nversion: 1\nsteps:\n  - id: a\n    command: 'true'\n    depends_on: [b]\n  - id: b\n    command: 'true'\n    depends_on: [a]\n  - id: c\n    command: 'true'\n    depends_on: [nope]\n",

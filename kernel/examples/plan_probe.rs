@@ -3,6 +3,9 @@
 //! - `plan_probe noop [STEPS] [WIDTH] [CONCURRENCY] [STATE_DIR]`: a layered DAG of no-op
 //!   inproc steps (each node of a layer depends on two of the previous one), run through the
 //!   graph executor with durable state off, then on when STATE_DIR is given. Prints steps/s.
+//! - `plan_probe run PLAN CONCURRENCY [STATE_DIR]`: runs a plan file of commands in this
+//!   process (no `hive` start-up), with durable state when STATE_DIR is given; prints the
+//!   wall time of 5 runs.
 //! - `plan_probe dag-plans DIR`: writes the 1,000-step `sleep 0.01` DAGs of
 //!   /work/shared/peers/bench_common.py (shapes w8x125 and l8x125) as plans
 //!   `DIR/dag_w8x125.json` and `DIR/dag_l8x125.json`, for `hive run` against `make -j8`.
@@ -133,6 +136,38 @@ async fn noop(steps: usize, width: usize, conc: usize, state: Option<PathBuf>) {
     }
 }
 
+async fn run_file(path: PathBuf, conc: usize, state: Option<PathBuf>) {
+    let plan = Arc::new(Plan::load(&path, &BTreeMap::new()).expect("plan is valid"));
+    for rep in 0..5 {
+        let k = Kernel::builder().build().expect("kernel");
+        let driver = hive_kernel::ProcessDriver::new(hive_kernel::ProcessConfig::new()).shared();
+        k.spawn_agent(AgentSpec::new("local", driver).with_capacity(conc as u32))
+            .await
+            .expect("spawn");
+        let store = state.as_ref().map(|d| {
+            let _ = std::fs::remove_dir_all(d);
+            StateStore::open(d).expect("state store")
+        });
+        let mut opts = RunOptions::new();
+        opts.max_concurrency = conc;
+        let t = Instant::now();
+        let report = PlanRun::start(&k, plan.clone(), store.as_ref(), opts)
+            .await
+            .expect("start")
+            .execute()
+            .await
+            .expect("run");
+        println!(
+            "{}: {:.3}s ({}, durable state {}, rep {rep})",
+            path.display(),
+            t.elapsed().as_secs_f64(),
+            report.state,
+            if store.is_some() { "on" } else { "off" }
+        );
+        k.shutdown(hive_kernel::ShutdownMode::Now).await;
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
@@ -152,6 +187,19 @@ fn main() {
                     .expect("probe")
             });
         }
-        Some(other) => eprintln!("unknown probe `{other}` (noop | dag-plans)"),
+        Some("run") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let path = PathBuf::from(args.get(1).map_or("plan.json", String::as_str));
+            let state = args.get(3).map(PathBuf::from);
+            rt.block_on(async move {
+                tokio::spawn(run_file(path, num(2, 8), state))
+                    .await
+                    .expect("probe")
+            });
+        }
+        Some(other) => eprintln!("unknown probe `{other}` (noop | run | dag-plans)"),
     }
 }

@@ -845,6 +845,100 @@ async fn resuming_a_failed_run_reruns_only_what_did_not_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_replays_the_journal_the_database_had_not_caught_up_with() {
+    let e = env(2).await;
+    let dir = scratch("recover");
+    let store = StateStore::open(&dir.join("state")).expect("store");
+    let path = dir.join("p.json");
+    let text = json!({
+        "plan_id": "t", "version": 1,
+        "steps": [
+            step("s1", &[], json!({"outputs": ["k"], "task": {"out": {"k": "from-s1"}}})),
+            step("s2", &[], json!({})),
+            step("s3", &["s1", "s2"], json!({"task": {"out": {"got": "${steps.s1.outputs.k}"}}})),
+        ]
+    })
+    .to_string();
+    std::fs::write(&path, &text).expect("write");
+    let p = Arc::new(Plan::load(&path, &BTreeMap::new()).expect("plan"));
+    // A run created, then "killed": its journal has events the database never saw.
+    let id = PlanRun::start(&e.kernel, p.clone(), Some(&store), RunOptions::new())
+        .await
+        .expect("start")
+        .id()
+        .to_string();
+    let at = "2026-01-01T00:00:00.000000Z";
+    let lines = [
+        json!({"seq": 1, "at": at, "run": id, "type": "run_started", "plan_id": "t", "steps": 3, "resumed": false}),
+        json!({"seq": 2, "at": at, "run": id, "type": "step_started", "step": "s1", "attempt": 1}),
+        json!({"seq": 3, "at": at, "run": id, "type": "step_started", "step": "s2", "attempt": 1}),
+        json!({"seq": 4, "at": at, "run": id, "type": "step_finished", "step": "s1", "state": "succeeded",
+               "attempts": 1, "duration_ms": 1.0, "exit_code": 0, "outputs": {"k": "from-journal"}}),
+    ];
+    let mut journal: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    journal.push_str("{\"seq\": 5, \"torn"); // a line cut by the crash
+    std::fs::write(store.events_path(&id), journal).expect("journal");
+    assert_eq!(store.recover(&id).expect("recover"), 4);
+    assert_eq!(
+        store.recover(&id).expect("again"),
+        0,
+        "recovery is idempotent"
+    );
+    let steps = store.steps(&id).expect("steps");
+    let get = |n: &str| steps.iter().find(|s| s.step_id == n).expect("step").clone();
+    assert_eq!(get("s1").state, StepState::Succeeded);
+    assert_eq!(get("s1").outputs, Some(json!({"k": "from-journal"})));
+    assert_eq!(
+        (get("s2").state, get("s2").attempts),
+        (StepState::Running, 1)
+    );
+    assert_eq!(get("s3").state, StepState::Pending);
+    assert!(store.run(&id).expect("run").interrupted);
+    let r = PlanRun::resume(&e.kernel, p, &store, &id, RunOptions::new(), false)
+        .await
+        .expect("resume")
+        .execute()
+        .await
+        .expect("run");
+    assert_eq!(r.state, RunState::Succeeded, "{r:#?}");
+    let s = by_id(&r);
+    assert!(
+        s["s1"].restored,
+        "a success found only in the journal is kept"
+    );
+    assert_eq!(s["s2"].attempts, 2, "the interrupted attempt counts");
+    assert_eq!(s["s3"].outputs, Some(json!({"got": "from-journal"})));
+    let ran: Vec<String> = e
+        .log
+        .entries
+        .lock()
+        .iter()
+        .filter(|x| x.2)
+        .map(|x| x.1.clone())
+        .collect();
+    assert!(!ran.contains(&"s1".to_string()), "{ran:?}");
+    let attempts = store.attempts(&id).expect("attempts");
+    let s2: Vec<&str> = attempts
+        .iter()
+        .filter(|a| a.step_id == "s2")
+        .map(|a| a.state.as_str())
+        .collect();
+    assert_eq!(s2, vec!["interrupted", "succeeded"]);
+    // The journal is whole again: the torn line is gone, every event once, in order.
+    let file = std::fs::read_to_string(store.events_path(&id)).expect("journal");
+    let seqs: Vec<u64> = file
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("a whole JSON line")["seq"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "{seqs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_being_executed_cannot_be_resumed_elsewhere() {
     let e = env(2).await;
     let dir = scratch("busy");

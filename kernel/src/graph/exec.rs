@@ -1328,6 +1328,12 @@ impl Exec {
         }
         let now = Timestamp::now();
         let n = &mut self.nodes[ix];
+        debug_assert!(
+            n.state.can_become(state),
+            "step {}: {} -> {state} breaks the step state machine",
+            n.id,
+            n.state
+        );
         n.phase = Phase::Ended;
         n.state = state;
         n.finished_at = Some(now);
@@ -1362,6 +1368,7 @@ impl Exec {
                 duration_ms: duration.as_secs_f64() * 1e3,
                 exit_code,
                 error: error.clone(),
+                outputs: end.outputs.as_deref().cloned(),
             },
             no,
             Update::Finish(Box::new(Finish {

@@ -275,6 +275,9 @@ pub enum RunEventKind {
         /// Why it did not succeed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// Its outputs (so that a success is complete in the JSONL file alone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outputs: Option<Value>,
     },
     /// The run ended.
     RunFinished {
@@ -330,7 +333,8 @@ pub struct RunRecord {
     pub options: Value,
     /// Its state.
     pub state: RunState,
-    /// `running`, but no process executes it: killed or crashed; `hive resume` finishes it.
+    /// `pending` or `running`, but no process executes it: killed or crashed; `hive resume`
+    /// finishes it.
     pub interrupted: bool,
     /// When it was created.
     pub created_at: Timestamp,
@@ -528,8 +532,8 @@ impl StateStore {
         let state: String = r.get(7)?;
         let run_id: String = r.get(0)?;
         let state = RunState::parse(&state).unwrap_or(RunState::Failed);
-        let interrupted =
-            state == RunState::Running && !RunLock::held(&self.dir.join("runs"), &run_id);
+        let interrupted = matches!(state, RunState::Running | RunState::Pending)
+            && !RunLock::held(&self.dir.join("runs"), &run_id);
         Ok(RunRecord {
             plan_id: r.get(1)?,
             plan_version: r.get(2)?,
@@ -710,9 +714,10 @@ impl StateStore {
 
     /// Brings the database up to date with the run's JSONL file after a crash: events the
     /// file has and the database lacks are stored, attempt starts among them become attempts
-    /// (then marked interrupted by the resume), failed attempts are ended. Steps that ended
-    /// only in the file stay unfinished: they run again. Skips a run another process executes.
-    /// Returns the number of events recovered.
+    /// (then marked interrupted by the resume), failed attempts are ended, and steps that
+    /// ended in the file end in the database too (with their outputs, which the event
+    /// carries). Skips a run another process executes. Returns the number of events
+    /// recovered.
     pub fn recover(&self, id: &str) -> Result<usize, StateError> {
         let _lock = match self.lock_run(id) {
             Ok(l) => l,
@@ -772,6 +777,21 @@ impl StateStore {
                 .and_then(|s| numbers.get(s).copied());
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0) as u32;
             match (kind, step_no) {
+                ("run_started", _) => {
+                    tx.execute(
+                        "UPDATE runs SET state = 'running', started_at = ?2, finished_at = NULL WHERE run_no = ?1",
+                        rusqlite::params![run_no, at],
+                    )
+                    .map_err(m)?;
+                }
+                ("run_finished", _) => {
+                    let state = v.get("state").and_then(Value::as_str).unwrap_or("failed");
+                    tx.execute(
+                        "UPDATE runs SET state = ?2, finished_at = ?3 WHERE run_no = ?1",
+                        rusqlite::params![run_no, state, at],
+                    )
+                    .map_err(m)?;
+                }
                 ("step_started", Some(no)) => {
                     tx.execute(
                         "INSERT OR IGNORE INTO attempts (id, run_no, step_no, attempt, state, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
@@ -783,6 +803,26 @@ impl StateStore {
                         rusqlite::params![db::step_key(run_no, no), attempt],
                     )
                     .map_err(m)?;
+                }
+                ("step_finished", Some(no)) => {
+                    let state = v.get("state").and_then(Value::as_str).unwrap_or("failed");
+                    let attempts = v.get("attempts").and_then(Value::as_u64).unwrap_or(0) as u32;
+                    let exit_code = v.get("exit_code").and_then(Value::as_i64);
+                    let error = v.get("error").and_then(Value::as_str);
+                    let outputs = v.get("outputs").map(Value::to_string);
+                    tx.execute(
+                        "UPDATE steps SET state = ?2, attempts = MAX(attempts, ?3), finished_at = ?4, exit_code = ?5, \
+                         error = ?6, outputs = ?7 WHERE id = ?1 AND state NOT IN ('succeeded', 'cached')",
+                        rusqlite::params![db::step_key(run_no, no), state, attempts, at, exit_code, error, outputs],
+                    )
+                    .map_err(m)?;
+                    if !matches!(state, "skipped" | "cached") && attempts > 0 {
+                        tx.execute(
+                            "UPDATE attempts SET state = ?2, finished_at = ?3, exit_code = ?4, error = ?5 WHERE id = ?1 AND state = 'running'",
+                            rusqlite::params![db::attempt_key(run_no, no, attempts), state, at, exit_code, error],
+                        )
+                        .map_err(m)?;
+                    }
                 }
                 ("step_retrying", Some(no)) => {
                     let error = v.get("error").and_then(Value::as_str).unwrap_or("");
@@ -802,5 +842,28 @@ impl StateStore {
     /// Whether some process is executing run `id` now.
     pub fn is_running_now(&self, id: &str) -> bool {
         RunLock::held(&self.dir.join("runs"), id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_state_machine() {
+        use StepState::*;
+        assert!(Pending.can_become(Running));
+        assert!(Running.can_become(Retrying) && Retrying.can_become(Running));
+        assert!(Pending.can_become(Cached) && Pending.can_become(Skipped));
+        for end in [Succeeded, Failed, TimedOut, Cancelled, Skipped, Cached] {
+            assert!(end.is_terminal());
+            assert!(!end.can_become(Running), "{end} is final");
+            assert_eq!(StepState::parse(end.as_str()), Some(end));
+        }
+        assert!(
+            !Retrying.can_become(Succeeded),
+            "a retry runs before it succeeds"
+        );
+        assert!(RunState::Succeeded.is_terminal() && !RunState::Running.is_terminal());
     }
 }

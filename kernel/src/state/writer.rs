@@ -144,7 +144,7 @@ struct Shared {
 /// How long the writer gathers operations before a commit that nobody waits for (the
 /// journal has made attempt starts durable already; this only delays the database, and the
 /// progress display, by at most this much, and saves a commit per step when steps are slow).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
+const GATHER: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// A batch this large is committed at once.
 const GATHER_MAX: usize = 1024;
@@ -371,9 +371,7 @@ impl Thread {
                 None => events.clear(),
             }
         }
-        // The run's writes are done: fold the WAL into the database.
         drop(hot);
-        let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
     }
 
     fn apply(
