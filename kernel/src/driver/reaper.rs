@@ -151,16 +151,25 @@ unsafe fn guard_main(rd: RawFd, wr: RawFd, bits: &mut [u64]) -> ! {
             libc::signal(sig, libc::SIG_IGN);
         }
         // Keep only the pipe: inherited pipes of other children must not be held open.
-        let max = match libc::sysconf(libc::_SC_OPEN_MAX) {
-            n if n > 0 && n < 1 << 20 => n as libc::c_int,
-            _ => 65536,
+        // close_range(2) does it in two calls; the loop is for kernels without it.
+        let below = if rd > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (rd - 1) as u32, 0u32)
+        } else {
+            0
         };
-        let mut fd = 0;
-        while fd < max {
-            if fd != rd {
-                libc::close(fd);
+        let above = libc::syscall(libc::SYS_close_range, (rd + 1) as u32, u32::MAX, 0u32);
+        if below != 0 || above != 0 {
+            let max = match libc::sysconf(libc::_SC_OPEN_MAX) {
+                n if n > 0 && n < 1 << 20 => n as libc::c_int,
+                _ => 65536,
+            };
+            let mut fd = 0;
+            while fd < max {
+                if fd != rd {
+                    libc::close(fd);
+                }
+                fd = fd.wrapping_add(1);
             }
-            fd = fd.wrapping_add(1);
         }
         libc::prctl(
             libc::PR_SET_NAME,
