@@ -534,14 +534,9 @@ fn a_plugin_built_against_another_major_is_refused_with_both_versions() {
     assert_eq!(e.kind, LoadErrorKind::Incompatible, "{e}");
     let m = e.to_string();
     assert!(
-        m.contains("2.0.0") && m.contains(hive_plugin_api_version()),
+        m.contains("2.0.0") && m.contains(hive_plugin_api::API_VERSION),
         "both versions in: {m}"
     );
-}
-
-fn hive_plugin_api_version() -> &'static str {
-    // The kernel's plugin-api version, as the loader reports it.
-    "1.1.0"
 }
 
 // ------------------------------------------------------------------ through `hive` itself --
@@ -570,7 +565,7 @@ fn hive_plugins_inspect_shows_a_manifest_or_why_not() {
     let m: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(
         (m["name"].as_str(), m["api_version"].as_str()),
-        (Some("testkit"), Some("1.1.0"))
+        (Some("testkit"), Some(hive_plugin_api::API_VERSION))
     );
     assert!(m["hooks"].as_array().is_some_and(|h| h.len() == 12), "{m}");
 
@@ -598,7 +593,7 @@ fn hive_plugins_inspect_shows_a_manifest_or_why_not() {
         .run();
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains("2.0.0") && out.stderr.contains("1.1.0"),
+        out.stderr.contains("2.0.0") && out.stderr.contains(hive_plugin_api::API_VERSION),
         "{out:?}"
     );
 }

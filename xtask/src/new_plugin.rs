@@ -283,32 +283,7 @@ fn member_covers(pattern: &str, path: &str) -> bool {
             .collect()
     };
     let (p, n) = (split(pattern), split(path));
-    p.len() == n.len() && p.iter().zip(&n).all(|(p, n)| wildcard(p, n))
-}
-
-/// Shell-style match of `name` against `pattern` with `*` and `?`.
-fn wildcard(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    p.len() == n.len() && p.iter().zip(&n).all(|(p, n)| crate::tidy::wildcard(p, n))
 }
 
 /// The `members` of a parsed workspace manifest.

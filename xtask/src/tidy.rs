@@ -264,7 +264,7 @@ fn expand_member(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Shell-style match of `name` against `pattern` with `*` and `?`.
-fn wildcard(pattern: &str, name: &str) -> bool {
+pub(crate) fn wildcard(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);

@@ -21,10 +21,6 @@ pub(crate) mod process;
 pub(crate) mod reaper;
 pub(crate) mod stdio;
 
-pub(crate) fn process_describe(s: &std::process::ExitStatus) -> String {
-    process::describe(s)
-}
-
 /// Starts agents of one kind. One driver value can start many agents.
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {

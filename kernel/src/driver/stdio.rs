@@ -416,7 +416,7 @@ impl Driver for StdioDriver {
             let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
             reaper::unregister(pgid);
             let why = match status {
-                Ok(s) => format!("agent process exited ({})", super::process_describe(&s)),
+                Ok(s) => format!("agent process exited ({})", super::process::describe(&s)),
                 Err(e) => format!("agent process lost: {e}"),
             };
             // Fail the agent first, so its in-flight attempts end as "agent lost".

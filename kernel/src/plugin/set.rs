@@ -229,6 +229,24 @@ fn s(x: &str) -> RStr<'_> {
     RStr::from(x)
 }
 
+/// The payload of `task_delegated` and `task_started`.
+fn attempt_event<'a>(
+    task: crate::TaskId,
+    name: &'a Option<Arc<str>>,
+    target: &'a Target,
+    agent: crate::AgentId,
+    attempt: u32,
+) -> TaskEvent<'a> {
+    TaskEvent {
+        task: task.get(),
+        name: s(name.as_deref().unwrap_or("")),
+        target: abi_target(target),
+        agent: agent.get(),
+        attempt,
+        priority: 0,
+    }
+}
+
 /// The plugin-side (borrowed) view of a kernel target.
 pub(crate) fn abi_target(t: &Target) -> hive_plugin_api::TargetRef<'_> {
     use hive_plugin_api::{TargetKind, TargetRef};
@@ -666,14 +684,8 @@ impl PluginSet {
                 attempt,
             } if p.wants(Hooks::TASK_DELEGATED) => Some((
                 "on_task_delegated",
-                p.plugin.on_task_delegated(&TaskEvent {
-                    task: task.get(),
-                    name: s(name.as_deref().unwrap_or("")),
-                    target: abi_target(target),
-                    agent: agent.get(),
-                    attempt: *attempt,
-                    priority: 0,
-                }),
+                p.plugin
+                    .on_task_delegated(&attempt_event(*task, name, target, *agent, *attempt)),
             )),
             Event::TaskStarted {
                 task,
@@ -683,14 +695,8 @@ impl PluginSet {
                 attempt,
             } if p.wants(Hooks::TASK_STARTED) => Some((
                 "on_task_started",
-                p.plugin.on_task_started(&TaskEvent {
-                    task: task.get(),
-                    name: s(name.as_deref().unwrap_or("")),
-                    target: abi_target(target),
-                    agent: agent.get(),
-                    attempt: *attempt,
-                    priority: 0,
-                }),
+                p.plugin
+                    .on_task_started(&attempt_event(*task, name, target, *agent, *attempt)),
             )),
             Event::TaskCompleted {
                 task,
