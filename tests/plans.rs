@@ -19,6 +19,11 @@ fn hive(dir: &Path, args: &[&str]) -> Finished {
     Hive::new(dir).args(args).run()
 }
 
+/// Whether a live `hive run` has written its whole `run RUN_ID` line.
+fn run_line_written(stderr: &str) -> bool {
+    stderr.starts_with("run ") && stderr.contains('\n')
+}
+
 /// The run id from `hive run`'s first stderr line (`run RUN_ID`).
 fn run_id(f: &Finished) -> String {
     let first = f.stderr.lines().next().unwrap_or_default();
@@ -238,7 +243,7 @@ fn events_follow_ends_with_the_run() {
         .args(["run", "slow.yaml", "--state-dir", "st", "-q"])
         .spawn();
     assert!(
-        wait_until(Duration::from_secs(10), || run.stderr().starts_with("run ")),
+        wait_until(Duration::from_secs(10), || run_line_written(&run.stderr())),
         "no run line: {}",
         run.stderr()
     );
@@ -307,9 +312,9 @@ fn ctrl_c_cancels_the_run_and_resume_finishes_it() {
     let mut run = Hive::new(&dir)
         .args(["run", "p.yaml", "--state-dir", "st", "-q"])
         .spawn();
-    assert!(wait_until(Duration::from_secs(10), || run
-        .stderr()
-        .starts_with("run ")));
+    assert!(wait_until(Duration::from_secs(10), || run_line_written(
+        &run.stderr()
+    )));
     let id = run
         .stderr()
         .lines()

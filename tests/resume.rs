@@ -90,7 +90,10 @@ fn in_flight(dir: &Path, id: &str) -> Vec<String> {
 fn start_and_kill(dir: &Path, args: &[&str], rng: &mut Rng, token: &str) -> (String, bool) {
     let mut run = Hive::new(dir).args(args).spawn();
     assert!(
-        wait_until(Duration::from_secs(20), || run.stderr().starts_with("run ")
+        wait_until(Duration::from_secs(20), || (run
+            .stderr()
+            .starts_with("run ")
+            && run.stderr().contains('\n'))
             || run.stderr().contains("nothing to resume")),
         "no `run RUN_ID` line: {}",
         run.stderr()
@@ -106,6 +109,7 @@ fn start_and_kill(dir: &Path, args: &[&str], rng: &mut Rng, token: &str) -> (Str
         .lines()
         .next()
         .and_then(|l| l.strip_prefix("run "))
+        .filter(|id| !id.is_empty())
         .unwrap_or_else(|| panic!("no run id: {}", run.stderr()))
         .to_string();
     // The random moment is the test's input: sleeping here is the point.

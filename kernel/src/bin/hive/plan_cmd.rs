@@ -605,7 +605,11 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
             return Err(e.into());
         }
     };
-    eprintln!("run {}", run.id());
+    // One write, so that a reader never sees the line half-written (stderr is unbuffered).
+    {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(format!("run {}\n", run.id()).as_bytes());
+    }
     let follower = rx.map(|rx| tokio::spawn(crate::plan_progress::follow(rx, plan.len(), mode)));
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let int2 = interrupted.clone();
