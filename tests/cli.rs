@@ -212,7 +212,7 @@ fn config_with_unknown_driver_names_file_line_and_key() {
         &[
             &format!("{}:3: `driver`:", config.display()),
             "unknown driver `ssh`",
-            "`process` or `stdio`",
+            "expected `process`, `stdio`, or a driver",
         ],
     );
 }

@@ -224,6 +224,7 @@ pub struct Pool {
 #[derive(Clone, Debug)]
 pub struct Config {
     path: PathBuf,
+    text: Arc<str>,
     dir: PathBuf,
     /// `[kernel]`.
     pub kernel: KernelSection,
@@ -231,6 +232,13 @@ pub struct Config {
     pub pools: Vec<PoolSection>,
     /// `[[plugins]]`, in load order.
     pub plugins: Vec<PluginSection>,
+}
+
+fn is_driver_name(s: &str) -> bool {
+    !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -320,13 +328,15 @@ impl Config {
                         ));
                     }
                 }
-                other => {
+                other if raw.plugins.is_empty() || !is_driver_name(other) => {
                     return Err(invalid(
                         p.driver.span(),
                         "driver",
-                        format!("unknown driver `{other}`, expected `process` or `stdio`"),
+                        format!("unknown driver `{other}`, expected `process`, `stdio`, or a driver a plugin of [[plugins]] contributes"),
                     ))
                 }
+                // A plugin's driver: checked once the plugins are loaded (`check_drivers`).
+                _ => {}
             }
             if p.capacity == 0 {
                 return Err(invalid(
@@ -409,11 +419,43 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         Ok(Config {
             path: path.into(),
+            text: text.into(),
             dir,
             kernel: raw.kernel,
             pools: raw.pools,
             plugins: raw.plugins,
         })
+    }
+
+    /// Checks that every pool's driver is built in or contributed by a loaded plugin
+    /// (`contributed`: the drivers the loaded plugins contribute).
+    pub fn check_drivers(&self, contributed: &[String]) -> Result<(), ConfigError> {
+        for p in &self.pools {
+            let d = p.driver.get_ref();
+            if d == "process" || d == "stdio" || contributed.iter().any(|c| c == d) {
+                continue;
+            }
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                line: line_of(&self.text, p.driver.span().start),
+                key: "driver".into(),
+                message: format!(
+                    "pool `{}`: unknown driver `{d}`, expected `process`, `stdio`, or a driver a loaded plugin contributes ({})",
+                    p.role.get_ref(),
+                    if contributed.is_empty() {
+                        "the loaded plugins contribute none".to_string()
+                    } else {
+                        format!("contributed: {}", contributed.join(", "))
+                    }
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The roles of its pools.
+    pub fn pool_roles(&self) -> Vec<String> {
+        self.pools.iter().map(|p| p.role.get_ref().clone()).collect()
     }
 
     /// The file it came from.
@@ -487,8 +529,9 @@ impl Config {
         b
     }
 
-    /// The pools, with drivers built.
-    pub fn pools(&self) -> Vec<Pool> {
+    /// The pools, with drivers built (a plugin's driver through `kernel`, which must have
+    /// loaded the plugins before the pools' agents start).
+    pub fn pools(&self, kernel: &crate::Kernel) -> Vec<Pool> {
         self.pools
             .iter()
             .map(|p| {
@@ -497,7 +540,10 @@ impl Config {
                     None => self.dir.clone(),
                 });
                 let grace = p.grace_period_s.map(Duration::from_secs_f64);
-                let driver: Arc<dyn Driver> = if p.driver.get_ref() == "stdio" {
+                let builtin = matches!(p.driver.get_ref().as_str(), "stdio" | "process");
+                let driver: Arc<dyn Driver> = if !builtin {
+                    kernel.plugin_driver(p.driver.get_ref())
+                } else if p.driver.get_ref() == "stdio" {
                     let program = p
                         .command
                         .as_ref()
@@ -558,8 +604,8 @@ mod tests {
         Config::parse(text, Path::new("conf/hive.toml"))
     }
 
-    #[test]
-    fn a_full_config_parses() {
+    #[tokio::test]
+    async fn a_full_config_parses() {
         let c = parse(
             r#"
 [kernel]
@@ -582,7 +628,8 @@ order = "shortest_first"
 "#,
         )
         .expect("valid");
-        let pools = c.pools();
+        let kernel = crate::Kernel::builder().build().expect("kernel");
+        let pools = c.pools(&kernel);
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[0].size, 2);
         assert_eq!(pools[0].spec.capacity, 4);
@@ -613,7 +660,7 @@ order = "shortest_first"
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"ssh\"\n").expect_err("bad driver");
         assert_eq!(
             e.to_string(),
-            "conf/hive.toml:3: `driver`: unknown driver `ssh`, expected `process` or `stdio`"
+            "conf/hive.toml:3: `driver`: unknown driver `ssh`, expected `process`, `stdio`, or a driver a plugin of [[plugins]] contributes"
         );
         let e = parse("[[pools]]\nrole = \"a\"\ndriver = \"stdio\"\n").expect_err("no command");
         assert!(e.to_string().contains("needs `command`"), "{e}");

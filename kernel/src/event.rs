@@ -224,6 +224,41 @@ pub enum Event {
         /// Its final state.
         state: Arc<str>,
     },
+    /// An attempt of a task ended (one per attempt, retries included; before the task's
+    /// `task_retrying` or `task_completed`).
+    AttemptFinished {
+        /// The task.
+        task: TaskId,
+        /// Its label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<Arc<str>>,
+        /// The role of the agent that ran it.
+        role: Arc<str>,
+        /// The agent.
+        agent: AgentId,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// How it ended.
+        status: crate::task::AttemptStatus,
+        /// Wait before it started (since submission, or since its retry was due), ms.
+        queue_ms: f64,
+        /// Run time, ms.
+        run_ms: f64,
+        /// The error, if it did not succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Whether the task will be tried again.
+        will_retry: bool,
+    },
+    /// A named event of a plugin (`sla_breach`, `scaled_up`, `breaker_opened`, ...).
+    PluginEvent {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The event's name.
+        name: String,
+        /// Its data (a JSON object).
+        data: serde_json::Value,
+    },
     /// A number reported by an agent.
     Metric {
         /// The agent.
@@ -254,7 +289,8 @@ pub(crate) mod kind {
     pub(crate) const METRIC: u64 = 1 << 10;
     pub(crate) const PLUGIN: u64 = 1 << 11;
     pub(crate) const RUN: u64 = 1 << 12;
-    pub(crate) const ALL: u64 = (1 << 13) - 1;
+    pub(crate) const ATTEMPT: u64 = 1 << 13;
+    pub(crate) const ALL: u64 = (1 << 14) - 1;
 }
 
 impl Event {
@@ -274,7 +310,9 @@ impl Event {
             Event::Metric { .. } | Event::PluginMetric { .. } => kind::METRIC,
             Event::PluginLog { .. }
             | Event::PluginError { .. }
-            | Event::PluginQuarantined { .. } => kind::PLUGIN,
+            | Event::PluginQuarantined { .. }
+            | Event::PluginEvent { .. } => kind::PLUGIN,
+            Event::AttemptFinished { .. } => kind::ATTEMPT,
             Event::RunStarted { .. } | Event::RunFinished { .. } => kind::RUN,
         }
     }

@@ -392,6 +392,8 @@ struct TaskRun {
     reroute: Option<Target>,
     /// Deferrals and reroutes by plugins so far (capped, so no plugin can livelock a task).
     redirects: u32,
+    /// When its next attempt became due, if it was retried (queue wait counts from here).
+    due_at: Option<Timestamp>,
 }
 
 pub(crate) struct TaskEntry {
@@ -618,6 +620,39 @@ impl Kernel {
         let (set, warnings) = PluginSet::load(&self.inner, specs, policy, base_dir)?;
         let _ = self.inner.plugins.set(set);
         Ok(warnings)
+    }
+
+    /// A driver a plugin contributes, by name (resolved when an agent starts: load the
+    /// plugins first, or the agent fails to start with the reason).
+    pub fn plugin_driver(&self, name: &str) -> Arc<dyn crate::Driver> {
+        Arc::new(crate::plugin::PluginDriver::new(
+            name,
+            Arc::downgrade(&self.inner),
+        ))
+    }
+
+    /// The drivers the loaded plugins contribute.
+    pub fn plugin_drivers(&self) -> Vec<String> {
+        self.inner
+            .plugins
+            .get()
+            .map(|p| p.driver_names())
+            .unwrap_or_default()
+    }
+
+    /// Kills an agent the hard way: it becomes Failed with `reason` (its driver stops it at
+    /// once) and its in-flight tasks go back to their retry policy. False if there is no
+    /// such live agent.
+    pub fn kill_agent(&self, id: AgentId, reason: &str) -> bool {
+        let live = self
+            .inner
+            .agents
+            .get(&id)
+            .is_some_and(|a| !a.state().is_terminal());
+        if live {
+            self.inner.fail_agent(id, reason.to_string());
+        }
+        live
     }
 
     /// Announces that a run (of a plan) started: plugins' `on_run_started` and every
@@ -1028,6 +1063,7 @@ impl Inner {
                 cancel_requested: false,
                 reroute: None,
                 redirects: 0,
+                due_at: None,
             }),
             payload_json: std::sync::OnceLock::new(),
         });
@@ -1366,6 +1402,7 @@ impl Inner {
                     });
                 let ctx = TaskContext {
                     task: task_id,
+                    name: entry.spec.name.clone(),
                     attempt,
                     payload: entry.spec.payload.clone(),
                     timeout: limit,
@@ -1549,6 +1586,22 @@ impl Inner {
             error: error.as_ref().map(|e| e.message.clone()),
             exit_code,
         });
+        let queued_from = st.due_at.unwrap_or(entry.queued_at);
+        let attempt_error = error.as_ref().map(|e| e.message.clone());
+        let emit_attempt = |status: AttemptStatus, will_retry: bool| {
+            self.bus.emit_with(kind::ATTEMPT, || Event::AttemptFinished {
+                task: entry.id,
+                name: entry.spec.name.clone(),
+                role: agent.role.clone(),
+                agent: agent.id,
+                attempt: *attempt,
+                status,
+                queue_ms: started.since(queued_from).as_secs_f64() * 1e3,
+                run_ms: finished.since(started).as_secs_f64() * 1e3,
+                error: attempt_error.clone(),
+                will_retry,
+            });
+        };
         let outcome = if st.cancel_requested || status == AttemptStatus::Cancelled {
             // A cancel requested before the attempt ended wins, even over its output.
             if let Some(last) = st.attempts.last_mut() {
@@ -1588,6 +1641,8 @@ impl Inner {
                     .is_some_and(|d| now.micros() + delay.as_micros() as u64 >= d.micros());
                 if !too_late {
                     st.phase = Phase::Backoff;
+                    st.due_at = Some(Timestamp(now.micros() + delay.as_micros() as u64));
+                    emit_attempt(status, true);
                     drop(st);
                     self.bus
                         .emit_with(kind::TASK_RETRYING, || Event::TaskRetrying {
@@ -1606,6 +1661,10 @@ impl Inner {
                 Outcome::Failed(err)
             }
         };
+        emit_attempt(
+            st.attempts.last().map_or(status, |a| a.status),
+            false,
+        );
         let fin = self.close_locked(&mut st, outcome);
         drop(st);
         self.complete(entry, fin);

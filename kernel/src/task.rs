@@ -408,6 +408,20 @@ pub enum AttemptStatus {
     AgentLost,
 }
 
+impl AttemptStatus {
+    /// Its name in events and for plugins (`succeeded`, `failed`, `timed_out`, `cancelled`,
+    /// `agent_lost`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::TimedOut => "timed_out",
+            AttemptStatus::Cancelled => "cancelled",
+            AttemptStatus::AgentLost => "agent_lost",
+        }
+    }
+}
+
 /// One attempt: who ran it, when, and how it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {

@@ -646,6 +646,9 @@ async fn every_transition_is_an_event() {
             }
             Event::TaskDelegated { agent, .. } => format!("delegated {agent}"),
             Event::TaskStarted { .. } => "started".into(),
+            Event::AttemptFinished {
+                attempt, status, ..
+            } => format!("attempt {attempt} {}", status.as_str()),
             Event::TaskCompleted { status, task, .. } => {
                 assert_eq!(*task, r.id);
                 format!("completed {status}")
@@ -662,6 +665,7 @@ async fn every_transition_is_an_event() {
             "state busy".into(),
             format!("delegated {a}"),
             "started".into(),
+            "attempt 1 succeeded".into(),
             "completed succeeded".into(),
             "state ready".into(),
             "state draining".into(),

@@ -106,6 +106,31 @@ pub trait Plugin: Send + Sync {
         ROk(())
     }
     // } api-since-1.1
+    // api-since-1.2 {
+    /// The hooks this instance wants called, chosen from its config: the kernel calls the
+    /// intersection with the manifest's. Default: every hook of the manifest. Added in 1.2.
+    fn hooks(&self) -> Hooks {
+        Hooks::ALL_BITS
+    }
+    /// An attempt of a task ended (one call per attempt, retries included). Added in 1.2.
+    fn on_attempt_finished(&self, _e: &AttemptEvent<'_>) -> RResult<(), PluginError> {
+        ROk(())
+    }
+    /// The agent drivers this instance contributes, comma-separated (`mock`, say); pools
+    /// name them in `driver = ".."`. Default: none. Added in 1.2.
+    fn drivers(&self) -> RString {
+        RString::new()
+    }
+    /// Decides one attempt of a task on an agent of a driver this instance contributes:
+    /// what it returns and after how long. The kernel keeps the time (the plugin must
+    /// answer at once, like a decision hook). Added in 1.2.
+    fn driver_execute(&self, _r: &DriverRequest<'_>) -> RResult<DriverStep_NE, PluginError> {
+        ROk(DriverStep_NE::new(DriverStep::Fail {
+            delay_ms: 0,
+            error: RString::from("this plugin contributes no driver"),
+        }))
+    }
+    // } api-since-1.2
 }
 
 /// What a plugin may ask of the kernel. Every call returns at once: commands are queued and
@@ -127,6 +152,21 @@ pub trait Host: Send + Sync + Clone {
     /// The kernel's health report as JSON.
     #[sabi(last_prefix_field)]
     fn health_json(&self) -> RString;
+    // api-since-1.2 {
+    /// Kills an agent the hard way (fault injection, a stuck agent): its process is killed,
+    /// it becomes `failed` with `reason`, and its in-flight tasks go back to their retry
+    /// policy. Queued like every command. Added in 1.2.
+    fn kill_agent(&self, _agent: u64, _reason: RStr<'_>) -> RResult<(), PluginError> {
+        RResult::RErr(PluginError::new(
+            ErrorKind::HOST,
+            "kill_agent: this kernel does not support it",
+        ))
+    }
+    /// Emits a named event with a JSON object as data (`sla_breach`, `scaled_up`, ...): it
+    /// goes on the kernel's event bus (the JSONL log, `hive events`) as a `plugin_event`
+    /// with the plugin's name. Added in 1.2.
+    fn emit(&self, _name: RStr<'_>, _data_json: RStr<'_>) {}
+    // } api-since-1.2
 }
 
 /// The root module of a plugin library.

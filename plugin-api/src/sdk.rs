@@ -64,6 +64,17 @@ impl PluginContext {
     pub fn health_json(&self) -> String {
         self.host.health_json().into_string()
     }
+    // api-since-1.2 {
+    /// Queues the hard kill of an agent: it fails with `reason` and its in-flight tasks go
+    /// back to their retry policy.
+    pub fn kill_agent(&self, agent: u64, reason: &str) -> Result<(), PluginError> {
+        self.host.kill_agent(agent, RStr::from(reason)).into_result()
+    }
+    /// Emits a named event (`data_json`: a JSON object) on the kernel's bus.
+    pub fn emit(&self, name: &str, data_json: &str) {
+        self.host.emit(RStr::from(name), RStr::from(data_json));
+    }
+    // } api-since-1.2
 }
 
 /// A plugin, as its author writes it. Only the hooks in `HOOKS` are called; all take
@@ -125,6 +136,25 @@ pub trait HivePlugin: Send + Sync + Sized + 'static {
         Ok(())
     }
     // } api-since-1.1
+    // api-since-1.2 {
+    /// See [`Plugin::hooks`]: the hooks this instance wants, a subset of `HOOKS` chosen from
+    /// its config (default: `HOOKS`).
+    fn hooks(&self) -> Hooks {
+        Self::HOOKS
+    }
+    /// See [`Plugin::on_attempt_finished`].
+    fn on_attempt_finished(&self, _e: &AttemptEvent<'_>) -> Result<(), PluginError> {
+        Ok(())
+    }
+    /// See [`Plugin::drivers`]: the names of the drivers this instance contributes.
+    fn drivers(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// See [`Plugin::driver_execute`].
+    fn driver_execute(&self, _r: &DriverRequest<'_>) -> Result<DriverStep, PluginError> {
+        Err(PluginError::hook("this plugin contributes no driver"))
+    }
+    // } api-since-1.2
     /// See [`Plugin::before_delegate`].
     fn before_delegate(&self, _r: &DelegateRequest<'_>) -> Result<Delegate, PluginError> {
         Ok(Delegate::Continue)
@@ -261,6 +291,24 @@ impl<P: HivePlugin> Plugin for Guarded<P> {
         self.hook("on_run_finished", |p| p.on_run_finished(e))
     }
     // } api-since-1.1
+    // api-since-1.2 {
+    fn hooks(&self) -> Hooks {
+        catch_unwind(AssertUnwindSafe(|| self.plugin.hooks())).unwrap_or(P::HOOKS)
+    }
+    fn on_attempt_finished(&self, e: &AttemptEvent<'_>) -> RResult<(), PluginError> {
+        self.hook("on_attempt_finished", |p| p.on_attempt_finished(e))
+    }
+    fn drivers(&self) -> RString {
+        catch_unwind(AssertUnwindSafe(|| self.plugin.drivers().join(",")))
+            .unwrap_or_default()
+            .into()
+    }
+    fn driver_execute(&self, r: &DriverRequest<'_>) -> RResult<DriverStep_NE, PluginError> {
+        self.hook("driver_execute", |p| {
+            p.driver_execute(r).map(DriverStep_NE::new)
+        })
+    }
+    // } api-since-1.2
 }
 
 /// The manifest of `P` (used by [`export_plugin!`]).

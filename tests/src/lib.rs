@@ -420,3 +420,9 @@ pub fn process_group_gone(pgid: i32) -> bool {
     let r = unsafe { libc::kill(-pgid, 0) };
     r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
+
+/// An official plugin library (`production`, `performance`, `automation`, `development`)
+/// built from the workspace by `cargo xtask test`.
+pub fn official_plugin(name: &str) -> PathBuf {
+    plugin_lib(&format!("hive_plugin_{name}"))
+}

@@ -1,7 +1,7 @@
 //! Builds the plugins of the plugin-api version-compatibility test (in the spirit of
 //! abi_stable's testing/version_compatibility): one against the previous minor layout
 //! (plugin-api 1.0, generated from the current sources by dropping the blocks marked
-//! `api-since-1.1`) and one against an incompatible major (2.0.0). Each is a standalone crate
+//! `api-since-1.N`) and one against an incompatible major (2.0.0). Each is a standalone crate
 //! under target/compat/, built with the workspace's Cargo.lock.
 
 use std::fs;
@@ -12,17 +12,18 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-/// Drops every block between `// api-since-1.1 {` and `// } api-since-1.1`.
+/// Drops every block between `// api-since-1.N {` and `// } api-since-1.N` (every minor
+/// after 1.0).
 fn strip_since(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut skipping = false;
     for line in text.lines() {
         let t = line.trim();
-        if t == "// api-since-1.1 {" {
+        if t.starts_with("// api-since-1.") && t.ends_with('{') {
             skipping = true;
             continue;
         }
-        if t == "// } api-since-1.1" {
+        if t.starts_with("// } api-since-1.") {
             skipping = false;
             continue;
         }
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn strips_only_marked_blocks() {
-        let src = "a\n    // api-since-1.1 {\n    b\n    // } api-since-1.1\nc\n";
-        assert_eq!(strip_since(src), "a\nc\n");
+        let src = "a\n    // api-since-1.1 {\n    b\n    // } api-since-1.1\nc\n// api-since-1.2 {\nd\n// } api-since-1.2\ne\n";
+        assert_eq!(strip_since(src), "a\nc\ne\n");
     }
 }

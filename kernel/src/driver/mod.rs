@@ -172,9 +172,12 @@ pub struct AgentContext {
 
 /// One attempt of a task, as a driver gets it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TaskContext {
     /// The task.
     pub task: TaskId,
+    /// Its label (a plan's step id), if any.
+    pub name: Option<Arc<str>>,
     /// 1-based attempt number.
     pub attempt: u32,
     /// The payload.

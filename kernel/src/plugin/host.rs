@@ -32,6 +32,11 @@ pub(crate) enum HostCommand {
         id: TaskId,
         spec: Box<TaskSpec>,
     },
+    Kill {
+        plugin: Arc<str>,
+        agent: AgentId,
+        reason: String,
+    },
 }
 
 /// One plugin's handle on the kernel.
@@ -192,6 +197,31 @@ impl Host for KernelHost {
         }
     }
 
+    fn kill_agent(&self, agent: u64, reason: RStr<'_>) -> RResult<(), PluginError> {
+        match self.tx.send(HostCommand::Kill {
+            plugin: self.plugin.clone(),
+            agent: AgentId(agent),
+            reason: reason.to_string(),
+        }) {
+            Ok(()) => ROk(()),
+            Err(_) => RErr(host_err("the kernel is shutting down")),
+        }
+    }
+
+    fn emit(&self, name: RStr<'_>, data_json: RStr<'_>) {
+        let Some(k) = self.kernel.upgrade() else {
+            return;
+        };
+        let data = serde_json::from_str::<Value>(data_json.as_str())
+            .unwrap_or_else(|_| Value::String(data_json.to_string()));
+        tracing::info!(plugin = %self.plugin, "{name} {data}");
+        k.bus.emit_with(kind::PLUGIN, || Event::PluginEvent {
+            plugin: self.plugin.clone(),
+            name: name.to_string(),
+            data,
+        });
+    }
+
     fn health_json(&self) -> RString {
         match self.kernel.upgrade() {
             Some(k) => RString::from(
@@ -229,6 +259,15 @@ pub(crate) async fn apply_commands(
                         tracing::warn!(plugin = %plugin, "shutdown_agent({agent}) failed: {e}");
                     }
                 });
+            }
+            HostCommand::Kill {
+                plugin,
+                agent,
+                reason,
+            } => {
+                if !kernel.kill_agent(agent, &format!("killed by plugin {plugin}: {reason}")) {
+                    tracing::warn!(plugin = %plugin, "kill_agent({agent}): no such live agent");
+                }
             }
             HostCommand::Submit { plugin, id, spec } => {
                 tokio::spawn(async move {

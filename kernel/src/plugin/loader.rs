@@ -246,6 +246,8 @@ pub fn search_path() -> Vec<PathBuf> {
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
         dirs.push(dir.join("../lib/hive/plugins"));
+        // Beside the binary: where cargo puts the workspace's plugins (target/<profile>/).
+        dirs.push(dir);
     }
     dirs
 }

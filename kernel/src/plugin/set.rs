@@ -13,7 +13,7 @@ use abi_stable::nonexhaustive_enum::NonExhaustiveFor;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr};
 use hive_plugin_api::{
-    AgentEvent, AgentFailure, AgentStateChange, Delegate, DelegateRequest, FailureInfo, Hooks,
+    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DriverRequest, DriverStep, DelegateRequest, FailureInfo, Hooks,
     HostHandle, Host_TO, Metric, OnFailure, PluginBox, PluginError, RunEvent, TaskCompletion,
     TaskEvent,
 };
@@ -136,6 +136,9 @@ pub struct PluginHealth {
     pub reason: Option<String>,
     /// The hooks called.
     pub hooks: Vec<String>,
+    /// The agent drivers it contributes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<String>,
     /// Hook calls that failed or panicked.
     pub errors: u64,
     /// Events delivered to its observer hooks.
@@ -157,6 +160,8 @@ pub(crate) struct LoadedPlugin {
     pub(crate) manifest: PluginManifest,
     hooks: Hooks,
     plugin: PluginBox,
+    /// The drivers it contributes.
+    pub(crate) drivers: Vec<Arc<str>>,
     quarantined: AtomicBool,
     reason: Mutex<Option<String>>,
     recent_errors: Mutex<VecDeque<Instant>>,
@@ -217,6 +222,7 @@ fn observer_mask(h: Hooks) -> u64 {
         (Hooks::PERFORMANCE_METRIC, kind::METRIC),
         (Hooks::RUN_STARTED, kind::RUN),
         (Hooks::RUN_FINISHED, kind::RUN),
+        (Hooks::ATTEMPT_FINISHED, kind::ATTEMPT),
     ] {
         if h.contains(hook) {
             m |= k;
@@ -438,12 +444,39 @@ impl PluginSet {
                 ));
             }
         };
+        // A 1.2 plugin narrows its hooks from its config; an older one answers "all".
+        let hooks = Hooks(hooks.0 & plugin.hooks().0);
+        let drivers: Vec<Arc<str>> = plugin
+            .drivers()
+            .as_str()
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(Arc::from)
+            .collect();
+        for d in &drivers {
+            if ["process", "stdio", "inproc"].contains(&&**d) {
+                return Err(PluginLoadError::new(
+                    &path,
+                    LoadErrorKind::InitFailed,
+                    format!("`{name}` contributes a driver named `{d}`, which is a built-in driver's name"),
+                ));
+            }
+            if let Some(other) = loaded.iter().find(|p| p.drivers.contains(d)) {
+                return Err(PluginLoadError::new(
+                    &path,
+                    LoadErrorKind::Duplicate,
+                    format!("`{name}` contributes driver `{d}`, which `{}` already contributes", other.name),
+                ));
+            }
+        }
         tracing::info!(plugin = %name, version = %manifest.version, "plugin loaded from {}", path.display());
         Ok(LoadedPlugin {
             name,
             manifest,
             hooks,
             plugin,
+            drivers,
             quarantined: AtomicBool::new(false),
             reason: Mutex::new(None),
             recent_errors: Mutex::new(VecDeque::new()),
@@ -559,6 +592,49 @@ impl PluginSet {
             |p| p.plugin.on_task_failed(info),
             |d| matches!(d, OnFailure::Default),
         )
+    }
+
+    /// The plugin contributing driver `name`, if any is loaded.
+    pub(crate) fn driver_plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.plugins
+            .iter()
+            .find(|p| p.drivers.iter().any(|d| &**d == name))
+            .cloned()
+    }
+
+    /// Every driver the loaded plugins contribute.
+    pub(crate) fn driver_names(&self) -> Vec<String> {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.drivers.iter().map(|d| d.to_string()))
+            .collect()
+    }
+
+    /// Asks `p` (which contributes `req.driver`) what an attempt does; timed like a
+    /// decision. A failed call is counted towards quarantine and fails the attempt.
+    pub(crate) fn driver_execute(
+        &self,
+        p: &LoadedPlugin,
+        req: &DriverRequest<'_>,
+    ) -> Result<DriverStep, String> {
+        if p.quarantined.load(Ordering::Acquire) {
+            return Err(format!(
+                "driver `{}`: plugin `{}` is quarantined",
+                req.driver, p.name
+            ));
+        }
+        match p.timed(|| p.plugin.driver_execute(req)) {
+            RResult::ROk(step) => step.as_enum().cloned().map_err(|_| {
+                format!(
+                    "driver `{}`: plugin `{}` answered with a step this kernel does not know",
+                    req.driver, p.name
+                )
+            }),
+            RResult::RErr(e) => {
+                self.failed_hook(p, "driver_execute", &e);
+                Err(format!("driver `{}` (plugin `{}`): {}", req.driver, p.name, e.message))
+            }
+        }
     }
 
     /// The observer thread of one plugin. It drains its subscription in batches and naps
@@ -747,6 +823,32 @@ impl PluginSet {
                     value: *value,
                 }),
             )),
+            Event::AttemptFinished {
+                task,
+                name,
+                role,
+                agent,
+                attempt,
+                status,
+                queue_ms,
+                run_ms,
+                error,
+                will_retry,
+            } if p.wants(Hooks::ATTEMPT_FINISHED) => Some((
+                "on_attempt_finished",
+                p.plugin.on_attempt_finished(&AttemptEvent {
+                    task: task.get(),
+                    name: s(name.as_deref().unwrap_or("")),
+                    role: s(role),
+                    agent: agent.get(),
+                    attempt: *attempt,
+                    status: s(status.as_str()),
+                    queue_ms: *queue_ms,
+                    run_ms: *run_ms,
+                    error: s(error.as_deref().unwrap_or("")),
+                    will_retry: *will_retry,
+                }),
+            )),
             Event::RunStarted { run, plan } if p.wants(Hooks::RUN_STARTED) => Some((
                 "on_run_started",
                 p.plugin.on_run_started(&RunEvent {
@@ -823,6 +925,7 @@ impl PluginSet {
                     },
                     reason: p.reason.lock().clone(),
                     hooks: p.hooks.names().into_iter().map(String::from).collect(),
+                    drivers: p.drivers.iter().map(|d| d.to_string()).collect(),
                     errors: p.errors.load(Ordering::Relaxed),
                     delivered: p.delivered.load(Ordering::Relaxed),
                     dropped: p.dropped.load(Ordering::Relaxed),
@@ -844,6 +947,7 @@ impl PluginSet {
             state: "failed".into(),
             reason: Some(f.reason.clone()),
             hooks: Vec::new(),
+            drivers: Vec::new(),
             errors: 0,
             delivered: 0,
             dropped: 0,

@@ -41,7 +41,7 @@ pub(crate) struct HealthArgs {
 /// and the spawn failures (as messages).
 async fn start_pools(config: &Config) -> Result<(Kernel, Vec<String>), Exit> {
     let kernel = crate::setup::build_kernel(Some(config), |_| {})?;
-    let pools = config.pools();
+    let pools = config.pools(&kernel);
     let failures = crate::setup::spawn_pools(&kernel, &pools).await?;
     Ok((kernel, failures))
 }

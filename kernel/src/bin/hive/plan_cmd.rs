@@ -158,7 +158,7 @@ fn check_roles(
     config_path: Option<&Path>,
 ) -> Result<(), Exit> {
     let pools: Vec<String> = config
-        .map(|c| c.pools().iter().map(|p| p.role.to_string()).collect())
+        .map(|c| c.pool_roles())
         .unwrap_or_default();
     for role in plan.roles() {
         if role != LOCAL_ROLE && !pools.iter().any(|p| p == role) {
@@ -564,7 +564,7 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     }
     if let Some((_, c)) = &config {
         let roles = plan.roles();
-        let pools = c.pools();
+        let pools = c.pools(&kernel);
         let wanted: Vec<_> = pools.iter().filter(|p| roles.contains(&&*p.role)).collect();
         let failures = crate::setup::spawn_pools(&kernel, wanted.iter().copied()).await?;
         if !failures.is_empty() {

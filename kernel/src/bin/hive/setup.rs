@@ -27,6 +27,7 @@ pub(crate) fn build_kernel(
                 eprintln!("hive: warning: optional {w} (continuing without it)");
             }
         }
+        c.check_drivers(&kernel.plugin_drivers())?;
     }
     Ok(kernel)
 }

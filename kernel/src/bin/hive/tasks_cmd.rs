@@ -228,14 +228,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         Some(p) => Some(Config::load(p)?),
         None => None,
     };
-    let pools = config.as_ref().map(|c| c.pools()).unwrap_or_default();
+    let pool_roles = config
+        .as_ref()
+        .map(|c| c.pool_roles())
+        .unwrap_or_default();
     let wanted: HashSet<&str> = tasks
         .iter()
         .filter_map(|(_, t)| t.role.as_deref())
         .collect();
     for (id, t) in &tasks {
         if let Some(r) = &t.role {
-            if r != LOCAL_ROLE && !pools.iter().any(|p| &*p.role == r) {
+            if r != LOCAL_ROLE && !pool_roles.iter().any(|p| p == r) {
                 return Err(Exit::bad_input(match &args.config {
                     Some(c) => format!("task {id}: role `{r}` has no pool in {}", c.display()),
                     None => format!("task {id}: role `{r}` needs a pool: pass --config with a [[pools]] entry for it"),
@@ -247,6 +250,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     let kernel = crate::setup::build_kernel(config.as_ref(), |b| {
         b.default_timeout(timeout);
     })?;
+    let pools = config
+        .as_ref()
+        .map(|c| c.pools(&kernel))
+        .unwrap_or_default();
     let sink = match &args.events {
         Some(p) => Some(
             kernel

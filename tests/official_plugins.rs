@@ -1,0 +1,1 @@
+//! The four official plugins loaded together, in either order, on one plan.

@@ -1,0 +1,1 @@
+//! End-to-end tests of the official `production` plugin, through `hive`, hive.toml and the real loader.
