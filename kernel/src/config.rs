@@ -236,8 +236,7 @@ pub struct Config {
 
 fn is_driver_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -455,7 +454,10 @@ impl Config {
 
     /// The roles of its pools.
     pub fn pool_roles(&self) -> Vec<String> {
-        self.pools.iter().map(|p| p.role.get_ref().clone()).collect()
+        self.pools
+            .iter()
+            .map(|p| p.role.get_ref().clone())
+            .collect()
     }
 
     /// The file it came from.

@@ -1589,18 +1589,19 @@ impl Inner {
         let queued_from = st.due_at.unwrap_or(entry.queued_at);
         let attempt_error = error.as_ref().map(|e| e.message.clone());
         let emit_attempt = |status: AttemptStatus, will_retry: bool| {
-            self.bus.emit_with(kind::ATTEMPT, || Event::AttemptFinished {
-                task: entry.id,
-                name: entry.spec.name.clone(),
-                role: agent.role.clone(),
-                agent: agent.id,
-                attempt: *attempt,
-                status,
-                queue_ms: started.since(queued_from).as_secs_f64() * 1e3,
-                run_ms: finished.since(started).as_secs_f64() * 1e3,
-                error: attempt_error.clone(),
-                will_retry,
-            });
+            self.bus
+                .emit_with(kind::ATTEMPT, || Event::AttemptFinished {
+                    task: entry.id,
+                    name: entry.spec.name.clone(),
+                    role: agent.role.clone(),
+                    agent: agent.id,
+                    attempt: *attempt,
+                    status,
+                    queue_ms: started.since(queued_from).as_secs_f64() * 1e3,
+                    run_ms: finished.since(started).as_secs_f64() * 1e3,
+                    error: attempt_error.clone(),
+                    will_retry,
+                });
         };
         let outcome = if st.cancel_requested || status == AttemptStatus::Cancelled {
             // A cancel requested before the attempt ended wins, even over its output.
@@ -1661,10 +1662,7 @@ impl Inner {
                 Outcome::Failed(err)
             }
         };
-        emit_attempt(
-            st.attempts.last().map_or(status, |a| a.status),
-            false,
-        );
+        emit_attempt(st.attempts.last().map_or(status, |a| a.status), false);
         let fin = self.close_locked(&mut st, outcome);
         drop(st);
         self.complete(entry, fin);

@@ -68,7 +68,9 @@ impl PluginContext {
     /// Queues the hard kill of an agent: it fails with `reason` and its in-flight tasks go
     /// back to their retry policy.
     pub fn kill_agent(&self, agent: u64, reason: &str) -> Result<(), PluginError> {
-        self.host.kill_agent(agent, RStr::from(reason)).into_result()
+        self.host
+            .kill_agent(agent, RStr::from(reason))
+            .into_result()
     }
     /// Emits a named event (`data_json`: a JSON object) on the kernel's bus.
     pub fn emit(&self, name: &str, data_json: &str) {

@@ -112,7 +112,9 @@ impl AgentHandle for PluginAgent {
             timeout_ms: task.timeout.as_millis() as u64,
             payload_json: RStr::from(payload.as_str()),
         };
-        let step = set.driver_execute(&self.plugin, &req).map_err(TaskError::new)?;
+        let step = set
+            .driver_execute(&self.plugin, &req)
+            .map_err(TaskError::new)?;
         drop(set);
         let stopped = || TaskError::new("stopped");
         match step {

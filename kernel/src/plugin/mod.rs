@@ -6,7 +6,7 @@ mod host;
 mod loader;
 mod set;
 
-pub use loader::{inspect, search_path, LoadErrorKind, PluginLoadError, PluginManifest};
 pub(crate) use driver::PluginDriver;
+pub use loader::{inspect, search_path, LoadErrorKind, PluginLoadError, PluginManifest};
 pub(crate) use set::{abi_target, kernel_target, PluginSet};
 pub use set::{PluginHealth, PluginSpec, QuarantinePolicy};

@@ -13,9 +13,9 @@ use abi_stable::nonexhaustive_enum::NonExhaustiveFor;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr};
 use hive_plugin_api::{
-    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DriverRequest, DriverStep, DelegateRequest, FailureInfo, Hooks,
-    HostHandle, Host_TO, Metric, OnFailure, PluginBox, PluginError, RunEvent, TaskCompletion,
-    TaskEvent,
+    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DelegateRequest,
+    DriverRequest, DriverStep, FailureInfo, Hooks, HostHandle, Host_TO, Metric, OnFailure,
+    PluginBox, PluginError, RunEvent, TaskCompletion, TaskEvent,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -466,7 +466,10 @@ impl PluginSet {
                 return Err(PluginLoadError::new(
                     &path,
                     LoadErrorKind::Duplicate,
-                    format!("`{name}` contributes driver `{d}`, which `{}` already contributes", other.name),
+                    format!(
+                        "`{name}` contributes driver `{d}`, which `{}` already contributes",
+                        other.name
+                    ),
                 ));
             }
         }
@@ -632,7 +635,10 @@ impl PluginSet {
             }),
             RResult::RErr(e) => {
                 self.failed_hook(p, "driver_execute", &e);
-                Err(format!("driver `{}` (plugin `{}`): {}", req.driver, p.name, e.message))
+                Err(format!(
+                    "driver `{}` (plugin `{}`): {}",
+                    req.driver, p.name, e.message
+                ))
             }
         }
     }

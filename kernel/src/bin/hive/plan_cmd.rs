@@ -157,9 +157,7 @@ fn check_roles(
     config: Option<&Config>,
     config_path: Option<&Path>,
 ) -> Result<(), Exit> {
-    let pools: Vec<String> = config
-        .map(|c| c.pool_roles())
-        .unwrap_or_default();
+    let pools: Vec<String> = config.map(|c| c.pool_roles()).unwrap_or_default();
     for role in plan.roles() {
         if role != LOCAL_ROLE && !pools.iter().any(|p| p == role) {
             return Err(Exit::bad_input(match config_path {

@@ -228,10 +228,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         Some(p) => Some(Config::load(p)?),
         None => None,
     };
-    let pool_roles = config
-        .as_ref()
-        .map(|c| c.pool_roles())
-        .unwrap_or_default();
+    let pool_roles = config.as_ref().map(|c| c.pool_roles()).unwrap_or_default();
     let wanted: HashSet<&str> = tasks
         .iter()
         .filter_map(|(_, t)| t.role.as_deref())
