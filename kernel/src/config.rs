@@ -318,15 +318,14 @@ impl Config {
             }
             match p.driver.get_ref().as_str() {
                 "process" => {}
-                "stdio" => {
-                    if p.command.is_none() {
-                        return Err(invalid(
-                            p.driver.span(),
-                            "command",
-                            format!("pool `{role}` uses driver stdio and needs `command` (the agent program)"),
-                        ));
-                    }
+                "stdio" if p.command.is_none() => {
+                    return Err(invalid(
+                        p.driver.span(),
+                        "command",
+                        format!("pool `{role}` uses driver stdio and needs `command` (the agent program)"),
+                    ));
                 }
+                "stdio" => {}
                 other if raw.plugins.is_empty() || !is_driver_name(other) => {
                     return Err(invalid(
                         p.driver.span(),

@@ -92,6 +92,9 @@ pub struct RunOptions {
     pub vars: BTreeMap<String, String>,
     /// Anything else the caller wants stored with the run (`hive` stores its settings).
     pub extra: Value,
+    /// A dry run (agents are mocks): a declared output a step did not emit is filled with
+    /// the string `dry-run:<name>` instead of failing the step.
+    pub dry_run: bool,
 }
 
 impl Default for RunOptions {
@@ -107,6 +110,7 @@ impl Default for RunOptions {
             seed: fastrand::u64(..),
             vars: BTreeMap::new(),
             extra: Value::Null,
+            dry_run: false,
         }
     }
 }

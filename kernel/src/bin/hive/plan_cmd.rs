@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, CacheMode, Config, Plan, PlanError, PlanRun, ProcessConfig, ProcessDriver, RunError,
-    RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState, Timestamp,
+    AgentSpec, CacheMode, Config, Plan, PlanError, PlanRun, PluginSpec, ProcessConfig,
+    ProcessDriver, RunError, RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore,
+    StepState, Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -411,12 +412,27 @@ pub(crate) async fn events(args: EventsArgs) -> Result<u8, Exit> {
     }
 }
 
+/// Whether a config loads the development plugin (by name, or a library named after it).
+fn has_development(c: &Config) -> bool {
+    c.plugins.iter().any(|p| {
+        p.name
+            .as_ref()
+            .is_some_and(|n| n.get_ref() == "development")
+            || p.path
+                .as_ref()
+                .is_some_and(|p| p.to_string_lossy().contains("development"))
+    })
+}
+
 /// What `hive run PLAN` and `hive resume` share.
 struct Launch {
     plan: Arc<Plan>,
     config: Option<(PathBuf, Config)>,
     max_concurrency: u32,
-    store: StateStore,
+    /// None: a dry run (nothing recorded).
+    store: Option<StateStore>,
+    /// Every agent is a `mock` agent of the development plugin.
+    dry_run: bool,
     json: bool,
     quiet: bool,
     events: Option<PathBuf>,
@@ -437,8 +453,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     };
     check_roles(&plan, config.as_ref().map(|c| &c.1), args.config.as_deref())?;
     let max = args.max_concurrency.or(plan.max_concurrency()).unwrap_or(4);
-    let dir = crate::state_dir(args.state_dir.clone(), config.as_ref().map(|c| &c.1));
-    let store = StateStore::open(&dir)?;
+    let store = if args.dry_run {
+        None
+    } else {
+        let dir = crate::state_dir(args.state_dir.clone(), config.as_ref().map(|c| &c.1));
+        Some(StateStore::open(&dir)?)
+    };
     let mut opts = RunOptions::new();
     opts.vars = vars;
     opts.cache = if args.no_cache {
@@ -455,6 +475,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         config,
         max_concurrency: max,
         store,
+        dry_run: args.dry_run,
         json: args.json,
         quiet: args.quiet,
         events: args.events,
@@ -509,7 +530,8 @@ pub(crate) async fn resume(args: ResumeArgs) -> Result<u8, Exit> {
         plan: Arc::new(plan),
         config,
         max_concurrency: max,
-        store,
+        store: Some(store),
+        dry_run: false,
         json: args.json,
         quiet: args.quiet,
         events: None,
@@ -525,17 +547,36 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         config,
         max_concurrency,
         store,
+        dry_run,
         json,
         quiet,
         events,
         mut opts,
         resume,
     } = l;
-    let kernel = crate::setup::build_kernel(config.as_ref().map(|c| &c.1), |b| {
+    let cfg = config.as_ref().map(|c| &c.1);
+    let extra = if dry_run && !cfg.is_some_and(has_development) {
+        vec![PluginSpec::named("development")]
+    } else {
+        Vec::new()
+    };
+    let kernel = crate::setup::build_kernel_with(cfg, extra, |b| {
         if let Some(t) = plan.default_timeout() {
             b.default_timeout(t);
         }
     })?;
+    let mock = if dry_run {
+        if !kernel.plugin_drivers().iter().any(|d| d == "mock") {
+            kernel.shutdown(ShutdownMode::Now).await;
+            return Err(Exit::bad_input(
+                "--dry-run needs the development plugin's `mock` driver, and the loaded development plugin has it disabled (mock.enabled = false)",
+            ));
+        }
+        eprintln!("hive: dry run: every step runs on a mock agent of the development plugin; nothing is executed, no run is recorded");
+        Some(kernel.plugin_driver("mock"))
+    } else {
+        None
+    };
     let sink = match &events {
         Some(p) => Some(
             kernel
@@ -552,17 +593,22 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         if let Some((_, c)) = &config {
             pc.tail_bytes(c.kernel.output_tail_kib * 1024);
         }
+        let driver = mock
+            .clone()
+            .unwrap_or_else(|| ProcessDriver::new(pc).shared());
         kernel
-            .spawn_agent(
-                AgentSpec::new(LOCAL_ROLE, ProcessDriver::new(pc).shared())
-                    .with_capacity(max_concurrency),
-            )
+            .spawn_agent(AgentSpec::new(LOCAL_ROLE, driver).with_capacity(max_concurrency))
             .await
             .map_err(|e| Exit::failed(e.to_string()))?;
     }
     if let Some((_, c)) = &config {
         let roles = plan.roles();
-        let pools = c.pools(&kernel);
+        let mut pools = c.pools(&kernel);
+        if let Some(m) = &mock {
+            for p in &mut pools {
+                p.spec.driver = m.clone();
+            }
+        }
         let wanted: Vec<_> = pools.iter().filter(|p| roles.contains(&&*p.role)).collect();
         let failures = crate::setup::spawn_pools(&kernel, wanted.iter().copied()).await?;
         if !failures.is_empty() {
@@ -583,6 +629,7 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         }
     }
     opts.max_concurrency = max_concurrency as usize;
+    opts.dry_run = dry_run;
     opts.role_capacity = capacity;
     let mode = progress::Mode::pick(quiet, json);
     let rx = (mode != progress::Mode::Quiet).then(|| {
@@ -593,8 +640,14 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     let cancel = opts.cancel.clone();
 
     let prepared = match &resume {
-        None => PlanRun::start(&kernel, plan.clone(), Some(&store), opts).await,
-        Some((id, force)) => PlanRun::resume(&kernel, plan.clone(), &store, id, opts, *force).await,
+        None => PlanRun::start(&kernel, plan.clone(), store.as_ref(), opts).await,
+        Some((id, force)) => match &store {
+            Some(store) => PlanRun::resume(&kernel, plan.clone(), store, id, opts, *force).await,
+            None => {
+                kernel.shutdown(ShutdownMode::Now).await;
+                return Err(Exit::bad_input("a dry run cannot resume a run"));
+            }
+        },
     };
     let run = match prepared {
         Ok(r) => r,

@@ -2,7 +2,7 @@
 //! loaded (a required plugin that fails stops everything with exit 2, before any task runs),
 //! pool templates registered, pools spawned.
 
-use hive_kernel::{Config, Kernel, KernelBuilder, Pool};
+use hive_kernel::{Config, Kernel, KernelBuilder, PluginSpec, Pool, QuarantinePolicy};
 
 use crate::Exit;
 
@@ -12,21 +12,44 @@ pub(crate) fn build_kernel(
     config: Option<&Config>,
     adjust: impl FnOnce(&mut KernelBuilder),
 ) -> Result<Kernel, Exit> {
+    build_kernel_with(config, Vec::new(), adjust)
+}
+
+/// [`build_kernel`], with `extra` plugins loaded after the config's.
+pub(crate) fn build_kernel_with(
+    config: Option<&Config>,
+    extra: Vec<PluginSpec>,
+    adjust: impl FnOnce(&mut KernelBuilder),
+) -> Result<Kernel, Exit> {
     let mut builder = match config {
         Some(c) => c.kernel_builder(),
         None => Kernel::builder(),
     };
     adjust(&mut builder);
     let kernel = builder.build()?;
-    if let Some(c) = config {
-        if !c.plugins.is_empty() {
-            let warnings = kernel
-                .load_plugins(&c.plugin_specs(), c.quarantine_policy(), c.dir())
-                .map_err(|e| Exit::bad_input(format!("{}: {e}", c.path().display())))?;
-            for w in warnings {
-                eprintln!("hive: warning: optional {w} (continuing without it)");
-            }
+    let mut specs = config.map(|c| c.plugin_specs()).unwrap_or_default();
+    specs.extend(extra);
+    if !specs.is_empty() {
+        let (policy, dir, what) = match config {
+            Some(c) => (
+                c.quarantine_policy(),
+                c.dir().to_path_buf(),
+                c.path().display().to_string(),
+            ),
+            None => (
+                QuarantinePolicy::default(),
+                std::path::PathBuf::from("."),
+                "hive".to_string(),
+            ),
+        };
+        let warnings = kernel
+            .load_plugins(&specs, policy, &dir)
+            .map_err(|e| Exit::bad_input(format!("{what}: {e}")))?;
+        for w in warnings {
+            eprintln!("hive: warning: optional {w} (continuing without it)");
         }
+    }
+    if let Some(c) = config {
         c.check_drivers(&kernel.plugin_drivers())?;
     }
     Ok(kernel)

@@ -76,6 +76,10 @@ pub(crate) struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// Run the plan against `mock` agents only (the development plugin's seeded sandbox):
+    /// nothing is executed for real and no run is recorded.
+    #[arg(long, conflicts_with = "tasks")]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
