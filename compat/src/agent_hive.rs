@@ -1,0 +1,1 @@
+//! The agent-hive family of seed 002 (being built).

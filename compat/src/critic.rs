@@ -1,0 +1,1 @@
+//! The critic orchestrator of seed 000 (being built).

@@ -1,0 +1,1 @@
+//! The AI pipeline orchestrator of seed 003 (being built).

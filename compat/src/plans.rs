@@ -1,0 +1,1 @@
+//! The plan orchestrator of seed 001 (being built).

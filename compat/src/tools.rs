@@ -1,0 +1,1 @@
+//! The tools orchestrator of seed 004 (being built).
