@@ -221,7 +221,62 @@ fn print_report(r: &HealthReport, source: &str, _config: &Path) {
                 .unwrap_or_default()
         );
     }
+    for p in r.plugins.iter().filter(|p| p.state == "loaded") {
+        print_performance(&p.name, &p.status);
+    }
     for a in r.agent_list.iter().filter(|a| a.state.is_terminal()) {
         say!("{} ({}) {}", a.id, a.role, a.state);
+    }
+}
+
+/// The per-role figures of a loaded `performance` plugin (found by its status' `schema`,
+/// whatever its name): latency and queue-wait quantiles, attempts, throughput per window.
+fn print_performance(plugin: &str, status: &serde_json::Value) {
+    use serde_json::Value;
+    if status.get("schema").and_then(Value::as_str) != Some("hive-performance/1") {
+        return;
+    }
+    let Some(roles) = status.get("roles").and_then(Value::as_object) else {
+        return;
+    };
+    let windows: Vec<String> = status
+        .get("windows_s")
+        .and_then(Value::as_array)
+        .map(|w| w.iter().map(|s| format!("{s}s")).collect())
+        .unwrap_or_default();
+    let num = |v: &Value, decimals: usize| match v.as_f64() {
+        Some(x) => format!("{x:.decimals$}"),
+        None => "-".into(),
+    };
+    say!("performance (plugin {plugin}): latency and queue wait in ms, throughput in attempts/s");
+    let mut head = format!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "ROLE",
+        "ATTEMPTS",
+        "LAT-P50",
+        "LAT-P95",
+        "LAT-P99",
+        "LAT-MAX",
+        "WAIT-P50",
+        "WAIT-P95",
+        "WAIT-P99",
+        "WAIT-MAX"
+    );
+    for w in &windows {
+        head.push_str(&format!(" {:>9}", format!("TPUT-{w}")));
+    }
+    head.push_str(&format!(" {:>9}", "TPUT-ALL"));
+    say!("{head}");
+    for (name, e) in roles {
+        let mut line = format!("{:<16} {:>8}", name, e["attempts"].as_u64().unwrap_or(0));
+        for h in ["latency_ms", "queue_wait_ms"] {
+            for q in ["p50", "p95", "p99", "max"] {
+                line.push_str(&format!(" {:>8}", num(&e[h][q], 1)));
+            }
+        }
+        for w in windows.iter().map(String::as_str).chain(["overall"]) {
+            line.push_str(&format!(" {:>9}", num(&e["throughput_per_s"][w], 2)));
+        }
+        say!("{line}");
     }
 }
