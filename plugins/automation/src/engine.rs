@@ -145,6 +145,8 @@ pub(crate) struct Engine {
     /// keep away from an agent. False: `Continue` without taking the lock.
     armed: AtomicBool,
     rule_hits: Vec<AtomicU64>,
+    /// Breakers opened so far (agents' breakers go with their agents; this stays).
+    opened_total: AtomicU64,
 }
 
 fn agent_key(id: u64) -> String {
@@ -163,6 +165,7 @@ impl Engine {
             state: Mutex::new(State::default()),
             armed: AtomicBool::new(false),
             rule_hits,
+            opened_total: AtomicU64::new(0),
         }
     }
 
@@ -229,6 +232,7 @@ impl Engine {
                 data["failures"] = failures.into();
                 data["reopened"] = reopened.into();
                 data["cool_down_ms"] = s.cool_down_ms.into();
+                self.opened_total.fetch_add(1, Ordering::Relaxed);
                 fx.push(Effect::Log(
                     LogLevel::WARN,
                     format!(
@@ -1003,6 +1007,7 @@ impl Engine {
         json!({
             "breakers": breakers,
             "breakers_open": Self::open_count(&st),
+            "breakers_opened_total": self.opened_total.load(Ordering::Relaxed),
             "rerouted": st.rerouted,
             "deferred": st.deferred,
             "reroute_unavailable": st.reroute_unavailable,
