@@ -171,6 +171,134 @@ async fn a_panicking_plugin_is_quarantined_and_the_kernel_carries_on() {
     k.shutdown(ShutdownMode::Graceful).await;
 }
 
+/// A plugin defined in this test program and linked, not loaded: it counts completed tasks
+/// and answers `before_delegate` with a short circuit for tasks named `short`.
+struct LinkedCounter {
+    completed: AtomicUsize,
+}
+
+impl hive_plugin_api::HivePlugin for LinkedCounter {
+    const NAME: &'static str = "linked-counter";
+    const VERSION: &'static str = "1.0.0";
+    const HOOKS: hive_plugin_api::Hooks = hive_plugin_api::Hooks(
+        hive_plugin_api::Hooks::TASK_COMPLETED.0 | hive_plugin_api::Hooks::BEFORE_DELEGATE.0,
+    );
+    fn new(
+        _config: &str,
+        _ctx: hive_plugin_api::PluginContext,
+    ) -> Result<Self, hive_plugin_api::PluginError> {
+        Ok(LinkedCounter {
+            completed: AtomicUsize::new(0),
+        })
+    }
+    fn on_task_completed(
+        &self,
+        _e: &hive_plugin_api::TaskCompletion<'_>,
+    ) -> Result<(), hive_plugin_api::PluginError> {
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn before_delegate(
+        &self,
+        r: &hive_plugin_api::DelegateRequest<'_>,
+    ) -> Result<hive_plugin_api::Delegate, hive_plugin_api::PluginError> {
+        Ok(if r.name.as_str() == "short" {
+            hive_plugin_api::Delegate::ShortCircuit {
+                output_json: "\"from the linked plugin\"".into(),
+            }
+        } else {
+            hive_plugin_api::Delegate::Continue
+        })
+    }
+    fn status(&self) -> String {
+        json!({"completed": self.completed.load(Ordering::SeqCst)}).to_string()
+    }
+}
+
+/// A linked plugin that panics in every hook.
+struct LinkedPanicker;
+
+impl hive_plugin_api::HivePlugin for LinkedPanicker {
+    const NAME: &'static str = "linked-panicker";
+    const VERSION: &'static str = "1.0.0";
+    const HOOKS: hive_plugin_api::Hooks = hive_plugin_api::Hooks::TASK_STARTED;
+    fn new(
+        _config: &str,
+        _ctx: hive_plugin_api::PluginContext,
+    ) -> Result<Self, hive_plugin_api::PluginError> {
+        Ok(LinkedPanicker)
+    }
+    fn on_task_started(
+        &self,
+        _e: &hive_plugin_api::TaskEvent<'_>,
+    ) -> Result<(), hive_plugin_api::PluginError> {
+        panic!("the linked panicker panics")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_linked_into_the_program_behave_like_loaded_ones() {
+    let (k, calls) = kernel_with(
+        &[
+            PluginSpec::linked(hive_plugin_api::linked_module::<LinkedCounter>()),
+            PluginSpec::linked(hive_plugin_api::linked_module::<LinkedPanicker>()),
+        ],
+        QuarantinePolicy::new(3, Duration::from_secs(60)),
+    )
+    .await;
+    let h = k.health();
+    let names: Vec<(&str, &str)> = h
+        .plugins
+        .iter()
+        .map(|p| (p.name.as_str(), p.path.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("linked-counter", "(linked) linked-counter"),
+            ("linked-panicker", "(linked) linked-panicker")
+        ]
+    );
+    for i in 0..5 {
+        let r = k
+            .run(TaskSpec::for_role("w", json!({})).with_name(format!("t{i}")))
+            .await
+            .expect("run");
+        assert_eq!(r.status(), Status::Succeeded);
+    }
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("short"))
+        .await
+        .expect("run");
+    assert_eq!(
+        r.outcome,
+        Outcome::Succeeded(json!("from the linked plugin"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "the short-circuited task never ran"
+    );
+    // Observers are called, and the panicking plugin is contained and quarantined, as a
+    // library loaded from a file would be.
+    assert!(
+        eventually(Duration::from_secs(5), || k.health().plugins[0].status
+            == json!({"completed": 6}))
+        .await,
+        "{:?}",
+        k.health().plugins
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || k.health().plugins[1].state
+            == "quarantined")
+        .await,
+        "{:?}",
+        k.health().plugins
+    );
+    assert_eq!(k.health().plugins[0].state, "loaded");
+    k.shutdown(ShutdownMode::Graceful).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_observer_loses_events_but_never_slows_dispatch() {
     let k = Kernel::builder()

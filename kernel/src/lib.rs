@@ -53,8 +53,8 @@ pub use kernel::{
 };
 pub use plan::{OnFailure, Plan, PlanError, Problem, ProblemKind};
 pub use plugin::{
-    inspect as inspect_plugin, search_path as plugin_search_path, LoadErrorKind, PluginHealth,
-    PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,
+    inspect as inspect_plugin, search_path as plugin_search_path, LinkedPlugin, LoadErrorKind,
+    PluginHealth, PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,
 };
 pub use queue::QueueOrder;
 pub use state::{

@@ -29,7 +29,7 @@ use abi_stable::{
 };
 
 pub use abi_stable;
-pub use sdk::{instantiate, manifest_of, ForwardLayer, HivePlugin, PluginContext};
+pub use sdk::{instantiate, linked_module, manifest_of, ForwardLayer, HivePlugin, PluginContext};
 pub use types::*;
 
 /// The version of this crate: the plugin ABI version a plugin is built against.
@@ -166,6 +166,12 @@ pub trait Host: Send + Sync + Clone {
     /// goes on the kernel's event bus (the JSONL log, `hive events`) as a `plugin_event`
     /// with the plugin's name. Added in 1.2.
     fn emit(&self, _name: RStr<'_>, _data_json: RStr<'_>) {}
+    /// Whether the plugin is linked into the kernel's own program (through its rlib) rather
+    /// than loaded from a shared library: it then shares the host's `tracing` and panic hook,
+    /// and the SDK installs neither. Added in 1.2.
+    fn linked(&self) -> bool {
+        false
+    }
     // } api-since-1.2
 }
 

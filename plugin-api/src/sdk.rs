@@ -313,6 +313,29 @@ impl<P: HivePlugin> Plugin for Guarded<P> {
     // } api-since-1.2
 }
 
+/// The root module of plugin `P` linked into this program (the plugin's crate is an rlib
+/// dependency), for the kernel's `PluginSpec::linked`: the same plugin as its shared library,
+/// with no file on disk. The crate linked this way must not call [`export_plugin!`] (its
+/// library header is one fixed symbol per program): keep the implementation in an rlib crate
+/// and export it from a separate cdylib crate, as the official plugins do.
+pub fn linked_module<P: HivePlugin>() -> crate::PluginMod_Ref {
+    use abi_stable::prefix_type::PrefixTypeTrait;
+    extern "C" fn manifest<P: HivePlugin>() -> Manifest {
+        manifest_of::<P>()
+    }
+    extern "C" fn new<P: HivePlugin>(
+        config: RStr<'_>,
+        host: HostHandle,
+    ) -> RResult<PluginBox, PluginError> {
+        instantiate::<P>(config, host)
+    }
+    crate::PluginMod {
+        manifest: manifest::<P>,
+        new: new::<P>,
+    }
+    .leak_into_prefix()
+}
+
 /// The manifest of `P` (used by [`export_plugin!`]).
 pub fn manifest_of<P: HivePlugin>() -> Manifest {
     Manifest {
@@ -331,10 +354,22 @@ pub fn instantiate<P: HivePlugin>(
     host: HostHandle,
 ) -> RResult<PluginBox, PluginError> {
     static TRACING: Once = Once::new();
+    // A plugin linked into the kernel's own program shares its `tracing` and its panic hook:
+    // installing ours there would take over the host's (and loop its logs back to itself).
+    #[allow(unused_mut, unused_assignments)]
+    let mut linked = false;
+    // api-since-1.2 {
+    linked = host.linked();
+    // } api-since-1.2
     if let Ok(mut latest) = LATEST_HOST.lock() {
-        *latest = Some(host.clone());
+        if !linked {
+            *latest = Some(host.clone());
+        }
     }
     TRACING.call_once(|| {
+        if linked {
+            return;
+        }
         let subscriber = tracing_subscriber::registry().with(ForwardLayer { _private: () });
         let _ = tracing::subscriber::set_global_default(subscriber);
         // This library's own panic hook: report through the kernel's log (with the plugin's

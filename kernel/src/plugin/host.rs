@@ -45,6 +45,8 @@ pub(crate) struct KernelHost {
     pub(crate) plugin: Arc<str>,
     pub(crate) tx: mpsc::UnboundedSender<HostCommand>,
     pub(crate) kernel: Weak<Inner>,
+    /// Linked into this program (not loaded from a file).
+    pub(crate) linked: bool,
 }
 
 fn level(l: PLevel) -> LogLevel {
@@ -206,6 +208,10 @@ impl Host for KernelHost {
             Ok(()) => ROk(()),
             Err(_) => RErr(host_err("the kernel is shutting down")),
         }
+    }
+
+    fn linked(&self) -> bool {
+        self.linked
     }
 
     fn emit(&self, name: RStr<'_>, data_json: RStr<'_>) {

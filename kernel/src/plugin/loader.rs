@@ -122,6 +122,12 @@ fn summary(s: &str) -> String {
 
 /// Opens a library and initialises its root module. The library stays loaded for the life
 /// of the process (unloading is unsound with thread-local destructors).
+/// A plugin linked into this program: built with this very plugin-api, so no version or
+/// layout check applies.
+pub(crate) fn open_linked(module: PluginMod_Ref) -> (PluginMod_Ref, Manifest) {
+    (module, (module.manifest())())
+}
+
 pub(crate) fn open(path: &Path) -> Result<(PluginMod_Ref, Manifest), PluginLoadError> {
     let err = |kind, msg: String| PluginLoadError::new(path, kind, msg);
     match std::fs::metadata(path) {

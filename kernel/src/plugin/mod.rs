@@ -9,4 +9,4 @@ mod set;
 pub(crate) use driver::PluginDriver;
 pub use loader::{inspect, search_path, LoadErrorKind, PluginLoadError, PluginManifest};
 pub(crate) use set::{abi_target, kernel_target, PluginSet};
-pub use set::{PluginHealth, PluginSpec, QuarantinePolicy};
+pub use set::{LinkedPlugin, PluginHealth, PluginSpec, QuarantinePolicy};

@@ -44,6 +44,26 @@ pub struct PluginSpec {
     pub config: Value,
     /// Only these of its hooks are called (default: all it subscribes to).
     pub hooks: Option<Vec<String>>,
+    /// A plugin linked into this program (its rlib) instead of a library file.
+    pub linked: Option<LinkedPlugin>,
+}
+
+/// The root module of a plugin linked into this program through its rlib
+/// (`hive_plugin_api::linked_module::<ThePlugin>()`). Loaded like a library (manifest,
+/// config, hooks, quarantine: the same), with no file on disk.
+#[derive(Clone, Copy)]
+pub struct LinkedPlugin(pub hive_plugin_api::PluginMod_Ref);
+
+impl std::fmt::Debug for LinkedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkedPlugin")
+    }
+}
+
+impl PartialEq for LinkedPlugin {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0 .0.to_raw_ptr(), other.0 .0.to_raw_ptr())
+    }
 }
 
 impl PluginSpec {
@@ -55,7 +75,18 @@ impl PluginSpec {
             optional: false,
             config: Value::Object(Default::default()),
             hooks: None,
+            linked: None,
         }
+    }
+    /// A plugin linked into this program: `module` is
+    /// `hive_plugin_api::linked_module::<ThePlugin>()` (the plugin's implementation crate is
+    /// a dependency, as an rlib).
+    pub fn linked(module: hive_plugin_api::PluginMod_Ref) -> Self {
+        PluginSpec {
+            linked: Some(LinkedPlugin(module)),
+            ..Self::path("")
+        }
+        .no_path()
     }
     /// The plugin named `name` on the search path.
     pub fn named(name: impl Into<String>) -> Self {
@@ -365,6 +396,7 @@ impl PluginSet {
         loaded: &[Arc<LoadedPlugin>],
     ) -> Result<LoadedPlugin, PluginLoadError> {
         let path = match (&spec.path, &spec.name) {
+            _ if spec.linked.is_some() => PathBuf::from("(linked)"),
             (Some(p), _) if p.is_absolute() => p.clone(),
             (Some(p), _) => base_dir.join(p),
             (None, Some(n)) => loader::find(n)?,
@@ -376,7 +408,14 @@ impl PluginSet {
                 ))
             }
         };
-        let (module, manifest) = loader::open(&path)?;
+        let (module, manifest) = match spec.linked {
+            Some(LinkedPlugin(module)) => loader::open_linked(module),
+            None => loader::open(&path)?,
+        };
+        let path = match spec.linked {
+            Some(_) => PathBuf::from(format!("(linked) {}", manifest.name)),
+            None => path,
+        };
         let manifest = PluginManifest::from_abi(&manifest, &path);
         let name: Arc<str> = Arc::from(spec.name.clone().unwrap_or_else(|| manifest.name.clone()));
         if loaded.iter().any(|p| p.name == name) {
@@ -420,6 +459,7 @@ impl PluginSet {
                 plugin: name.clone(),
                 tx: tx.clone(),
                 kernel: Arc::downgrade(kernel),
+                linked: spec.linked.is_some(),
             }),
             TD_Opaque,
         );
