@@ -677,7 +677,7 @@ impl Engine {
             let role = Self::role_of(&st, agent)
                 .or_else(|| (target.kind == TargetKind::ROLE).then(|| Arc::from(target.name)));
             if let Some(role) = role {
-                if !self.would_give_up(&mut st, &role, now) {
+                if !self.would_give_up(&mut st, &role, agent, now) {
                     st.lost_retried += 1;
                     return OnFailure::RetryAfter { ms: 0 };
                 }
@@ -702,17 +702,25 @@ impl Engine {
         }
     }
 
-    /// Restarts of `role` done within the period plus those waiting.
-    fn restarts_counted(&self, st: &mut State, role: &str, now: u64) -> usize {
+    /// Restarts of `role` done within the period plus those waiting (except the one for the
+    /// failure of `except`).
+    fn restarts_counted(&self, st: &mut State, role: &str, except: u64, now: u64) -> usize {
         let done = self.prune_history(st, role, now);
-        done + st.heal.pending.iter().filter(|r| &*r.role == role).count()
+        done + st
+            .heal
+            .pending
+            .iter()
+            .filter(|r| &*r.role == role && r.failed_agent != except)
+            .count()
     }
 
-    /// Whether the next failure of an agent of `role` would not be restarted.
-    fn would_give_up(&self, st: &mut State, role: &str, now: u64) -> bool {
+    /// Whether the failure of `agent` (of `role`) is not restarted, whether or not the
+    /// observer has seen it yet: the role is given up, or it would be by this failure.
+    fn would_give_up(&self, st: &mut State, role: &str, agent: u64, now: u64) -> bool {
         st.heal.gave_up.contains_key(role)
             || st.heal.stopping
-            || self.restarts_counted(st, role, now) >= self.settings.healing.max_restarts as usize
+            || self.restarts_counted(st, role, agent, now)
+                >= self.settings.healing.max_restarts as usize
     }
 
     /// An agent failed (observer): schedule a restart of its role, or give up on the role.
@@ -746,7 +754,7 @@ impl Engine {
             return fx;
         }
         let role: Arc<str> = Arc::from(role);
-        let n = self.restarts_counted(&mut st, &role, now);
+        let n = self.restarts_counted(&mut st, &role, agent, now);
         if n >= h.max_restarts as usize {
             let within_s = h.within_ms as f64 / 1000.0;
             st.heal.gave_up.insert(
@@ -1252,12 +1260,13 @@ mod tests {
         let mut agent = 1;
         for _ in 0..2 {
             e.agent_state_changed(agent, "work", "busy", "failed");
+            e.agent_failed(agent, "work", "crashed", now, 0);
+            // The decision hook may run before or after the observer saw the failure.
             assert_eq!(
                 e.on_task_failed(1, ROLE, agent, 1, "lost", true, now),
                 OnFailure::RetryAfter { ms: 0 },
                 "a lost task is retried while the role is restarted"
             );
-            e.agent_failed(agent, "work", "crashed", now, 0);
             now += 1000;
             let h = health(&[(2, "ready"), (3, "ready"), (agent, "failed")]);
             assert_eq!(
@@ -1275,6 +1284,11 @@ mod tests {
         );
         let fx = e.agent_failed(agent, "work", "crashed", now, 0);
         assert_eq!(names(&fx), ["restart_gave_up"]);
+        assert_eq!(
+            e.on_task_failed(1, ROLE, agent, 3, "lost", true, now),
+            OnFailure::Default,
+            "the same answer once the failure was seen"
+        );
         let st = e.status(now);
         assert_eq!(st["gave_up"][0]["role"], "work");
         assert_eq!(st["restarts"]["work"], 2);
