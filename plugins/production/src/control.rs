@@ -333,7 +333,8 @@ impl Controller {
         }
         if to == St::Gone {
             // `failed` comes just before `on_agent_failed`, which handles it; `stopped` ends it.
-            if let Some(a) = self.agents.get_mut(&agent) {
+            // (Once only: the health report may have shown it gone first.)
+            if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.state != St::Gone) {
                 a.live_at_failure = a.live();
                 a.state = St::Gone;
                 a.since = now;
@@ -403,12 +404,8 @@ impl Controller {
         }
         r.failovers += 1;
         let replaced = why_not.is_none();
-        let mut actions = Vec::new();
         if replaced {
             r.pending.push_back(now);
-            actions.push(Action::Spawn {
-                role: role.to_string(),
-            });
         }
         let mut data = json!({
             "role": role,
@@ -422,7 +419,13 @@ impl Controller {
         if let (Some(why), Some(o)) = (why_not, data.as_object_mut()) {
             o.insert("not_replaced_because".into(), json!(why));
         }
-        actions.push(emit("failover", data));
+        // The event first: the replacement's `agent_spawned` comes after it.
+        let mut actions = vec![emit("failover", data)];
+        if replaced {
+            actions.push(Action::Spawn {
+                role: role.to_string(),
+            });
+        }
         actions
     }
 
@@ -602,10 +605,6 @@ impl Controller {
                     .is_none_or(|t| now.saturating_duration_since(t) >= step_gap);
                 if sustained && spaced && pending == 0 && total < max && r.saturated {
                     let n = u64::from(r.cfg.scale_up_step).min(max - total);
-                    for _ in 0..n {
-                        r.pending.push_back(now);
-                        actions.push(Action::Spawn { role: name.clone() });
-                    }
                     r.last_step = Some(now);
                     r.scaled_up += n;
                     let mut why = Vec::new();
@@ -633,6 +632,11 @@ impl Controller {
                             "breach_ms": ms(now.saturating_duration_since(since)),
                         }),
                     ));
+                    // After the event, so that the new agents' events come after it.
+                    for _ in 0..n {
+                        r.pending.push_back(now);
+                        actions.push(Action::Spawn { role: name.clone() });
+                    }
                 }
             } else if total > u64::from(r.cfg.min_agents)
                 && r.last_retire
@@ -645,10 +649,6 @@ impl Controller {
                 {
                     r.last_retire = Some(now);
                     r.scaled_down += 1;
-                    actions.push(Action::Retire {
-                        role: name.clone(),
-                        agent,
-                    });
                     actions.push(emit(
                         "scaled_down",
                         json!({
@@ -659,6 +659,10 @@ impl Controller {
                             "idle_ms": ms(now.saturating_duration_since(since)),
                         }),
                     ));
+                    actions.push(Action::Retire {
+                        role: name.clone(),
+                        agent,
+                    });
                     if let Some(a) = self.agents.get_mut(&agent) {
                         a.retiring = true;
                     }
@@ -771,7 +775,7 @@ mod tests {
         // Sustained for 200 ms: one step.
         assert_eq!(
             names(&c.tick(Some(&busy), at(300))),
-            ["spawn work", "scaled_up"]
+            ["scaled_up", "spawn work"]
         );
         // Not before the agent shows up and the steps are spaced.
         assert!(c.tick(Some(&busy), at(600)).is_empty());
@@ -779,7 +783,7 @@ mod tests {
         c.agent_state(2, "work", "busy", at(660));
         assert_eq!(
             names(&c.tick(Some(&busy), at(700))),
-            ["spawn work", "scaled_up"]
+            ["scaled_up", "spawn work"]
         );
         c.agent_spawned(3, "work", at(750));
         c.agent_state(3, "work", "busy", at(760));
@@ -797,14 +801,14 @@ mod tests {
             "not idle long enough"
         );
         let a = c.tick(Some(&idle), at(2600));
-        assert_eq!(names(&a), ["retire 1", "scaled_down"]);
+        assert_eq!(names(&a), ["scaled_down", "retire 1"]);
         assert!(
             c.tick(Some(&idle), at(2700)).is_empty(),
             "one per cool-down"
         );
         assert_eq!(
             names(&c.tick(Some(&idle), at(3100))),
-            ["retire 2", "scaled_down"]
+            ["scaled_down", "retire 2"]
         );
         assert!(c.tick(Some(&idle), at(5000)).is_empty(), "never below min");
         let s = c.status(at(5000));
@@ -851,8 +855,8 @@ mod tests {
         );
         c.agent_state(7, "work", "failed", t0);
         let a = c.agent_failed(7, "work", "exit 9", 1, t0);
-        assert_eq!(names(&a), ["spawn work", "failover"]);
-        if let Action::Emit { data, .. } = &a[1] {
+        assert_eq!(names(&a), ["failover", "spawn work"]);
+        if let Action::Emit { data, .. } = &a[0] {
             assert_eq!(data["failed_agent"], 7);
             assert_eq!(data["replaced"], true);
             assert_eq!(data["agents_after"], 1);
@@ -887,12 +891,37 @@ mod tests {
         let idle = health("work", 0, 0.0, 0, 2);
         assert_eq!(
             names(&c.tick(Some(&idle), at(600))),
-            ["retire 1", "scaled_down"]
+            ["scaled_down", "retire 1"]
         );
         c.agent_state(1, "work", "draining", at(610));
         c.agent_state(1, "work", "failed", at(620));
         let a = c.agent_failed(1, "work", "boom", 0, at(620));
         assert_eq!(names(&a), ["failover"]);
+    }
+
+    #[test]
+    fn a_failure_seen_in_the_health_report_before_its_event_is_still_replaced() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(settings("work"), t0);
+        c.agent_spawned(1, "work", t0);
+        c.agent_state(1, "work", "ready", t0);
+        c.agent_state(1, "work", "busy", t0);
+        // The ticker reads the report (agent failed) before the events arrive.
+        let mut h = health("work", 1, 0.0, 0, 0);
+        h.agents = vec![(1, "work".into(), "failed".into())];
+        c.tick(Some(&h), t0);
+        c.agent_state(1, "work", "failed", t0);
+        let a = c.agent_failed(1, "work", "killed", 1, t0);
+        assert_eq!(names(&a), ["failover", "spawn work"]);
+        // And when the report shows it failed before its spawn event was seen.
+        let mut c = Controller::new(settings("work"), t0);
+        let mut h = health("work", 1, 0.0, 0, 0);
+        h.agents = vec![(2, "work".into(), "failed".into())];
+        c.tick(Some(&h), t0);
+        c.agent_spawned(2, "work", t0);
+        c.agent_state(2, "work", "failed", t0);
+        let a = c.agent_failed(2, "work", "killed", 1, t0);
+        assert_eq!(names(&a), ["failover", "spawn work"]);
     }
 
     #[test]
