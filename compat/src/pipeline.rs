@@ -282,7 +282,11 @@ impl Translation {
         inputs: &BTreeMap<String, String>,
     ) -> Result<Plan, PipelineError> {
         self.check_inputs(inputs)?;
-        Ok(Plan::parse(&self.to_plan_json(), plan_path.as_ref(), inputs)?)
+        Ok(Plan::parse(
+            &self.to_plan_json(),
+            plan_path.as_ref(),
+            inputs,
+        )?)
     }
 
     /// Writes the plan's JSON to `path` (for example next to the pipeline, to keep it and run
@@ -402,8 +406,10 @@ impl PipelineOrchestrator {
         V: Into<String>,
     {
         let path = path.as_ref();
-        let inputs: BTreeMap<String, String> =
-            inputs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let inputs: BTreeMap<String, String> = inputs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let t = translate(path)?;
         t.check_inputs(&inputs)?;
         let file = self.keep(&t)?;
@@ -481,7 +487,10 @@ impl PipelineOrchestrator {
     /// outputs; a step that did not emit one (skipped, failed, not yet run) gives null.
     pub fn get_outputs(&self, run_id: &str) -> Result<Map<String, Value>, PipelineError> {
         let r = self.pipeline_run(run_id)?;
-        let declared = r.metadata["pipeline"]["outputs"].as_object().cloned().unwrap_or_default();
+        let declared = r.metadata["pipeline"]["outputs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let steps = self
             .orch
             .store()

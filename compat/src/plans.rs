@@ -76,7 +76,9 @@ pub enum OrchestratorError {
         config: Option<PathBuf>,
     },
     /// A variable name that cannot be one.
-    #[error("variable `{0}`: a variable name is letters, digits and `_`, not starting with a digit")]
+    #[error(
+        "variable `{0}`: a variable name is letters, digits and `_`, not starting with a digit"
+    )]
     InvalidVariable(String),
     /// A builder setting out of range.
     #[error("invalid orchestrator setting `{setting}`: {reason}")]
@@ -252,9 +254,10 @@ impl RunHandle {
     /// Waits for the run's end and returns the executor's report (every step, its attempts,
     /// durations and outputs).
     pub async fn wait_report(self) -> Result<RunReport, OrchestratorError> {
-        let joined = self.task.await.map_err(|e| {
-            OrchestratorError::Kernel(format!("the run's executor stopped: {e}"))
-        })?;
+        let joined = self
+            .task
+            .await
+            .map_err(|e| OrchestratorError::Kernel(format!("the run's executor stopped: {e}")))?;
         Ok(joined?)
     }
 }
@@ -444,7 +447,9 @@ impl Orchestrator {
         let max = self
             .inner
             .max_concurrency
-            .or(o["max_concurrency"].as_u64().and_then(|n| u32::try_from(n).ok()))
+            .or(o["max_concurrency"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()))
             .or(plan.max_concurrency())
             .unwrap_or(4);
         let mut opts = RunOptions::new();
@@ -518,7 +523,10 @@ impl Orchestrator {
     }
 
     /// Legacy `list_runs(state)`: every run (oldest first), or those in `state`.
-    pub fn list_runs(&self, state: Option<RunStateName>) -> Result<Vec<RunStatus>, OrchestratorError> {
+    pub fn list_runs(
+        &self,
+        state: Option<RunStateName>,
+    ) -> Result<Vec<RunStatus>, OrchestratorError> {
         let runs = self.inner.store.runs()?;
         let mut out = Vec::new();
         for r in runs {
@@ -533,7 +541,10 @@ impl Orchestrator {
 
 impl Inner {
     /// The config of a run: the one stored with it (a resume), else the orchestrator's.
-    fn config_for(&self, opts: &RunOptions) -> Result<Option<(PathBuf, Config)>, OrchestratorError> {
+    fn config_for(
+        &self,
+        opts: &RunOptions,
+    ) -> Result<Option<(PathBuf, Config)>, OrchestratorError> {
         match opts.extra["config"].as_str() {
             Some(p) => {
                 let p = PathBuf::from(p);

@@ -132,7 +132,9 @@ fn resolve(segs: &[String], scope: &Scope<'_>, shown: &str) -> Result<Ref, Strin
         ["steps", step, rest @ ..] if scope.outputs.contains_key(*step) => {
             step_ref(step, rest, scope, shown)
         }
-        [step, rest @ ..] if scope.outputs.contains_key(*step) => step_ref(step, rest, scope, shown),
+        [step, rest @ ..] if scope.outputs.contains_key(*step) => {
+            step_ref(step, rest, scope, shown)
+        }
         [name, ..] => Err(format!(
             "`{shown}`: `{name}` is neither a declared input nor a step id"
         )),
@@ -641,11 +643,7 @@ pub(crate) fn condition(src: &str, scope: &Scope<'_>) -> Result<String, String> 
     if toks.is_empty() {
         return Err("empty condition".into());
     }
-    let mut p = CondParser {
-        toks,
-        i: 0,
-        scope,
-    };
+    let mut p = CondParser { toks, i: 0, scope };
     let c = p.or()?;
     if let Some(t) = p.peek() {
         return Err(format!("unexpected {} after the condition", describe(t)));
@@ -662,7 +660,10 @@ mod tests {
     fn with_scope<T>(f: impl FnOnce(&Scope<'_>) -> T) -> T {
         let inputs: BTreeSet<String> = ["topic".to_string(), "depth".to_string()].into();
         let outputs: BTreeMap<String, Vec<String>> = [
-            ("fetch".to_string(), vec!["result".to_string(), "count".to_string()]),
+            (
+                "fetch".to_string(),
+                vec!["result".to_string(), "count".to_string()],
+            ),
             ("late".to_string(), vec![]),
         ]
         .into();
@@ -713,8 +714,11 @@ mod tests {
                 "steps.fetch.status == 'succeeded' || contains(steps.fetch.outputs.result, 'x')"
             );
             assert_eq!(
-                condition("(topic == 'a' or depth > 1) and fetch.result is not None", s)
-                    .expect("ok"),
+                condition(
+                    "(topic == 'a' or depth > 1) and fetch.result is not None",
+                    s
+                )
+                .expect("ok"),
                 "(vars.topic == 'a' || vars.depth > 1) && steps.fetch.outputs.result != null"
             );
             assert_eq!(

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::expr::{self, Scope};
 use super::yaml::{self, element, member, Positions};
-use super::{ProblemKind, PipelineProblem};
+use super::{PipelineProblem, ProblemKind};
 
 /// Top-level keys of the subset.
 const TOP_KEYS: &[&str] = &[
@@ -223,7 +223,11 @@ impl Cx<'_> {
                     field,
                     format!(
                         "expected a {} number of seconds, found {v}",
-                        if allow_zero { "non-negative" } else { "positive" }
+                        if allow_zero {
+                            "non-negative"
+                        } else {
+                            "positive"
+                        }
                     ),
                 );
                 None
@@ -243,7 +247,10 @@ impl Cx<'_> {
                 self.push(
                     ProblemKind::Invalid,
                     field,
-                    format!("expected a step id or a list of them, found {}", kind_of(other)),
+                    format!(
+                        "expected a step id or a list of them, found {}",
+                        kind_of(other)
+                    ),
                 );
                 Vec::new()
             }
@@ -283,7 +290,9 @@ fn goto_target(v: &Value) -> Option<String> {
             .strip_prefix("goto")
             .filter(|r| r.starts_with(char::is_whitespace))
             .map(|r| r.trim().to_string()),
-        Value::Object(m) if m.len() == 1 => m.get("goto").and_then(Value::as_str).map(str::to_string),
+        Value::Object(m) if m.len() == 1 => {
+            m.get("goto").and_then(Value::as_str).map(str::to_string)
+        }
         _ => None,
     }
 }
@@ -330,13 +339,20 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
         cx.push(
             ProblemKind::Invalid,
             "",
-            format!("a pipeline is a mapping (id, inputs, steps...), found {}", kind_of(doc)),
+            format!(
+                "a pipeline is a mapping (id, inputs, steps...), found {}",
+                kind_of(doc)
+            ),
         );
         return None;
     };
     for k in top.keys() {
         if let Some(why) = unsupported_why(k) {
-            cx.push(ProblemKind::Unsupported, k.as_str(), format!("`{k}`: {why}"));
+            cx.push(
+                ProblemKind::Unsupported,
+                k.as_str(),
+                format!("`{k}`: {why}"),
+            );
         } else if !TOP_KEYS.contains(&k.as_str()) {
             cx.push(
                 ProblemKind::Unsupported,
@@ -381,7 +397,11 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
         .get("max_concurrency")
         .and_then(|v| cx.count(v, "max_concurrency"));
     if max_concurrency == Some(0) {
-        cx.push(ProblemKind::Invalid, "max_concurrency", "expected at least 1");
+        cx.push(
+            ProblemKind::Invalid,
+            "max_concurrency",
+            "expected at least 1",
+        );
     }
 
     // Inputs.
@@ -425,12 +445,13 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
             let (default, required) = match decl {
                 Value::Object(d) => {
                     for k in d.keys() {
-                        if !matches!(k.as_str(), "type" | "description" | "default" | "required")
-                        {
+                        if !matches!(k.as_str(), "type" | "description" | "default" | "required") {
                             cx.push(
                                 ProblemKind::Unsupported,
                                 member(&field, k),
-                                format!("`{k}`: an input has type, description, default and required"),
+                                format!(
+                                    "`{k}`: an input has type, description, default and required"
+                                ),
                             );
                         }
                     }
@@ -456,7 +477,10 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
                     } else {
                         default
                     };
-                    (default, required && d.get("default").is_none_or(Value::is_null))
+                    (
+                        default,
+                        required && d.get("default").is_none_or(Value::is_null),
+                    )
                 }
                 Value::Null => (None, true),
                 other => (cx.scalar(other, &field), false),
@@ -485,7 +509,11 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
         return None;
     };
     if raw_steps.is_empty() {
-        cx.push(ProblemKind::Invalid, "steps", "a pipeline needs at least one step");
+        cx.push(
+            ProblemKind::Invalid,
+            "steps",
+            "a pipeline needs at least one step",
+        );
         return None;
     }
     let mut steps: Vec<Step> = Vec::with_capacity(raw_steps.len());
@@ -496,7 +524,10 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
             cx.push(
                 ProblemKind::Invalid,
                 &at,
-                format!("expected a step (a mapping with an `id`), found {}", kind_of(raw)),
+                format!(
+                    "expected a step (a mapping with an `id`), found {}",
+                    kind_of(raw)
+                ),
             );
             continue;
         };
@@ -508,7 +539,10 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
             cx.push(
                 ProblemKind::Invalid,
                 member(&at, "id"),
-                format!("duplicate step id `{}` (first used by steps[{first}])", s.id),
+                format!(
+                    "duplicate step id `{}` (first used by steps[{first}])",
+                    s.id
+                ),
             );
             continue;
         }
@@ -540,7 +574,12 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
     }
     let explicit: Vec<Vec<usize>> = steps
         .iter()
-        .map(|s| s.deps.iter().filter_map(|d| index.get(d).copied()).collect())
+        .map(|s| {
+            s.deps
+                .iter()
+                .filter_map(|d| index.get(d).copied())
+                .collect()
+        })
         .collect();
     let Some(explicit_anc) = ancestors(&explicit) else {
         report_cycle(&steps, &explicit, cx);
@@ -599,7 +638,9 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
     // `on_success: goto X` jumps over the source's other dependents: refused (in a DAG they
     // would still run).
     for s in &steps {
-        let Some(target) = &s.success_goto else { continue };
+        let Some(target) = &s.success_goto else {
+            continue;
+        };
         let skipped: Vec<&str> = steps
             .iter()
             .filter(|d| {
@@ -630,7 +671,12 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
     }
     let graph: Vec<Vec<usize>> = steps
         .iter()
-        .map(|s| s.deps.iter().filter_map(|d| index.get(d).copied()).collect())
+        .map(|s| {
+            s.deps
+                .iter()
+                .filter_map(|d| index.get(d).copied())
+                .collect()
+        })
         .collect();
     let Some(anc) = ancestors(&graph) else {
         report_cycle(&steps, &graph, cx);
@@ -663,7 +709,10 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
             None => cx.push(
                 ProblemKind::Invalid,
                 "outputs",
-                format!("expected a mapping of output names to `{{{{ step.key }}}}`, found {}", kind_of(v)),
+                format!(
+                    "expected a mapping of output names to `{{{{ step.key }}}}`, found {}",
+                    kind_of(v)
+                ),
             ),
             Some(m) => {
                 let all: HashSet<String> = steps.iter().map(|s| s.id.clone()).collect();
@@ -675,7 +724,9 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
                 };
                 for (name, t) in m {
                     let field = member("outputs", name);
-                    let Some(text) = cx.string(t, &field) else { continue };
+                    let Some(text) = cx.string(t, &field) else {
+                        continue;
+                    };
                     match expr::template(&text, &scope) {
                         Ok(r) => match single_output_ref(&r) {
                             Some((step, path)) => {
@@ -784,7 +835,10 @@ fn single_output_ref(t: &str) -> Option<(String, Vec<String>)> {
         return None;
     }
     let (step, rest) = body.split_once(".outputs.")?;
-    Some((step.to_string(), rest.split('.').map(str::to_string).collect()))
+    Some((
+        step.to_string(),
+        rest.split('.').map(str::to_string).collect(),
+    ))
 }
 
 fn kind_for(message: &str) -> ProblemKind {
@@ -937,7 +991,9 @@ fn first_pass(
                         member(at, "id"),
                         format!("step id {id:?}: letters, digits, `_` and `-` only"),
                     );
-                } else if inputs.contains(&id) || ["steps", "inputs", "vars", "parameters", "variables"].contains(&id.as_str()) {
+                } else if inputs.contains(&id)
+                    || ["steps", "inputs", "vars", "parameters", "variables"].contains(&id.as_str())
+                {
                     cx.push(
                         ProblemKind::Invalid,
                         member(at, "id"),
@@ -975,7 +1031,10 @@ fn first_pass(
             other => cx.push(
                 ProblemKind::Invalid,
                 &field,
-                format!("expected a list of output names (or a mapping name -> description), found {}", kind_of(other)),
+                format!(
+                    "expected a list of output names (or a mapping name -> description), found {}",
+                    kind_of(other)
+                ),
             ),
         }
         for o in &s.outputs {
@@ -1039,7 +1098,11 @@ fn first_pass(
         }
     }
     // The condition (raw; translated in the second pass).
-    let cond_key = if map.contains_key("if") { "if" } else { "condition" };
+    let cond_key = if map.contains_key("if") {
+        "if"
+    } else {
+        "condition"
+    };
     if let Some(v) = map.get(cond_key) {
         let field = member(at, cond_key);
         match v {
@@ -1143,7 +1206,9 @@ fn parse_fail_route(v: &Value, field: &str, cx: &mut Cx<'_>) -> (Option<u32>, Op
                     );
                 }
             }
-            let retry = m.get("retry").and_then(|n| cx.count(n, &member(field, "retry")));
+            let retry = m
+                .get("retry")
+                .and_then(|n| cx.count(n, &member(field, "retry")));
             let then = match m.get("then") {
                 None => Some(FailRoute::Fail),
                 Some(Value::String(w)) if w.trim().starts_with("retry") => {
@@ -1173,7 +1238,10 @@ fn parse_fail_route(v: &Value, field: &str, cx: &mut Cx<'_>) -> (Option<u32>, Op
             cx.push(
                 ProblemKind::Invalid,
                 field,
-                format!("expected a route (continue, fail, skip, retry N, goto STEP), found {}", kind_of(other)),
+                format!(
+                    "expected a route (continue, fail, skip, retry N, goto STEP), found {}",
+                    kind_of(other)
+                ),
             );
             (None, None)
         }
@@ -1181,9 +1249,17 @@ fn parse_fail_route(v: &Value, field: &str, cx: &mut Cx<'_>) -> (Option<u32>, Op
 }
 
 /// Templates every string of a JSON value (parameters of a tool step).
-fn template_value(v: &Value, field: &str, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> Value {
+fn template_value(
+    v: &Value,
+    field: &str,
+    scope: &Scope<'_>,
+    cx: &mut Cx<'_>,
+    dir: &mut bool,
+) -> Value {
     match v {
-        Value::String(s) => template_str(s, field, scope, cx, dir).map_or(Value::Null, Value::String),
+        Value::String(s) => {
+            template_str(s, field, scope, cx, dir).map_or(Value::Null, Value::String)
+        }
         Value::Array(items) => Value::Array(
             items
                 .iter()
@@ -1193,7 +1269,12 @@ fn template_value(v: &Value, field: &str, scope: &Scope<'_>, cx: &mut Cx<'_>, di
         ),
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, x)| (k.clone(), template_value(x, &member(field, k), scope, cx, dir)))
+                .map(|(k, x)| {
+                    (
+                        k.clone(),
+                        template_value(x, &member(field, k), scope, cx, dir),
+                    )
+                })
                 .collect(),
         ),
         other => other.clone(),
@@ -1226,7 +1307,10 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
     let m = &s.map;
     let mut out = Map::new();
     out.insert("id".into(), json!(s.id));
-    if let Some(n) = m.get("name").and_then(|v| cx.string(v, &member(at, "name"))) {
+    if let Some(n) = m
+        .get("name")
+        .and_then(|v| cx.string(v, &member(at, "name")))
+    {
         out.insert("name".into(), json!(n));
     }
     let has_command = m.contains_key("command");
@@ -1262,7 +1346,10 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
                             other => cx.push(
                                 ProblemKind::Invalid,
                                 f,
-                                format!("expected a string, number or boolean, found {}", kind_of(other)),
+                                format!(
+                                    "expected a string, number or boolean, found {}",
+                                    kind_of(other)
+                                ),
                             ),
                         }
                     }
@@ -1305,7 +1392,10 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
                 }
             }
         }
-        if let Some(r) = m.get("role").and_then(|v| cx.string(v, &member(at, "role"))) {
+        if let Some(r) = m
+            .get("role")
+            .and_then(|v| cx.string(v, &member(at, "role")))
+        {
             out.insert("role".into(), json!(r));
         }
         if m.contains_key("parameters") {
@@ -1325,15 +1415,20 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
                 );
             }
         }
-        let action = m.get("action").and_then(|v| cx.string(v, &member(at, "action")));
-        let tool = m.get("tool").and_then(|v| cx.string(v, &member(at, "tool")));
+        let action = m
+            .get("action")
+            .and_then(|v| cx.string(v, &member(at, "action")));
+        let tool = m
+            .get("tool")
+            .and_then(|v| cx.string(v, &member(at, "tool")));
         let role = m
             .get("role")
             .and_then(|v| cx.string(v, &member(at, "role")))
             .or_else(|| tool.clone())
             .or_else(|| action.clone());
         if let Some(a) = action.as_deref().or(tool.as_deref()) {
-            if a.contains("<AUTO>") || a.contains(' ') && m.get("role").is_none() && tool.is_none() {
+            if a.contains("<AUTO>") || a.contains(' ') && m.get("role").is_none() && tool.is_none()
+            {
                 cx.push(
                     ProblemKind::Unsupported,
                     member(at, if action.is_some() { "action" } else { "tool" }),
@@ -1349,7 +1444,9 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
             task.insert("tool".into(), json!(t));
         }
         let params = match m.get("parameters") {
-            Some(p @ Value::Object(_)) => template_value(p, &member(at, "parameters"), scope, cx, dir),
+            Some(p @ Value::Object(_)) => {
+                template_value(p, &member(at, "parameters"), scope, cx, dir)
+            }
             Some(Value::Null) | None => json!({}),
             Some(other) => {
                 cx.push(
@@ -1369,20 +1466,26 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
         cx.push(
             ProblemKind::Invalid,
             at,
-            format!("step `{}` needs a `command`, or an `action`/`tool` (with `parameters`)", s.id),
+            format!(
+                "step `{}` needs a `command`, or an `action`/`tool` (with `parameters`)",
+                s.id
+            ),
         );
     }
     if !s.deps.is_empty() {
         out.insert("depends_on".into(), json!(s.deps));
     }
     // when: the goto triggers (any of them), and the condition.
-    let cond = s.condition.as_ref().and_then(|(c, field)| match expr::condition(c, scope) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            cx.push(kind_for(&e), field, e);
-            None
-        }
-    });
+    let cond = s
+        .condition
+        .as_ref()
+        .and_then(|(c, field)| match expr::condition(c, scope) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                cx.push(kind_for(&e), field, e);
+                None
+            }
+        });
     let triggers: Vec<String> = s.triggers.iter().map(Trigger::text).collect();
     let when = match (triggers.len(), cond) {
         (0, None) => None,
@@ -1399,7 +1502,11 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
             "({}) && ({c})",
             triggers
                 .iter()
-                .map(|t| if triggers.len() > 1 { format!("({t})") } else { t.clone() })
+                .map(|t| if triggers.len() > 1 {
+                    format!("({t})")
+                } else {
+                    t.clone()
+                })
                 .collect::<Vec<_>>()
                 .join(" || ")
         )),
@@ -1407,7 +1514,11 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
     if let Some(w) = when {
         out.insert("when".into(), json!(w));
     }
-    let tkey = if m.contains_key("timeout_sec") { "timeout_sec" } else { "timeout" };
+    let tkey = if m.contains_key("timeout_sec") {
+        "timeout_sec"
+    } else {
+        "timeout"
+    };
     if let Some(v) = m.get(tkey) {
         if let Some(t) = cx.seconds(v, &member(at, tkey), false) {
             out.insert("timeout_sec".into(), json!(t));
@@ -1416,7 +1527,11 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
     if let Some(n) = s.retries {
         out.insert("retries".into(), json!(n));
     }
-    let dkey = if m.contains_key("retry_delay_sec") { "retry_delay_sec" } else { "retry_delay" };
+    let dkey = if m.contains_key("retry_delay_sec") {
+        "retry_delay_sec"
+    } else {
+        "retry_delay"
+    };
     if let Some(v) = m.get(dkey) {
         if let Some(d) = cx.seconds(v, &member(at, dkey), true) {
             out.insert("retry_delay_sec".into(), json!(d));
@@ -1451,7 +1566,10 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
         }
         None => Map::new(),
     };
-    if let Some(d) = m.get("description").and_then(|v| cx.string(v, &member(at, "description"))) {
+    if let Some(d) = m
+        .get("description")
+        .and_then(|v| cx.string(v, &member(at, "description")))
+    {
         meta.insert("description".into(), json!(d));
     }
     if !meta.is_empty() {

@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn values_and_positions() {
-        let (v, p) = parse("id: x\nsteps:\n  - id: a\n    on_failure: retry 2\n    n: 3\n")
-            .expect("parses");
+        let (v, p) =
+            parse("id: x\nsteps:\n  - id: a\n    on_failure: retry 2\n    n: 3\n").expect("parses");
         assert_eq!(v["steps"][0]["on_failure"], "retry 2");
         assert_eq!(v["steps"][0]["n"], 3);
         assert_eq!(p.find("steps[0].on_failure"), Some(Pos { line: 4, col: 5 }));

@@ -223,7 +223,11 @@ fn ts(t: Option<Timestamp>) -> Option<String> {
 }
 
 /// The legacy status dict of a stored run.
-pub(crate) fn run_status(r: &RunRecord, gate: Option<&StepRecord>, cancelled_code: Option<i32>) -> RunStatus {
+pub(crate) fn run_status(
+    r: &RunRecord,
+    gate: Option<&StepRecord>,
+    cancelled_code: Option<i32>,
+) -> RunStatus {
     let state = RunStateName::of(r);
     let kind = manual::kind_of(r);
     let compat = &r.options["extra"]["compat"];
@@ -287,6 +291,14 @@ pub(crate) fn step_statuses(steps: Vec<StepRecord>, attempts: &[AttemptRow]) -> 
     steps
         .into_iter()
         .map(|s| StepStatus {
+            // The store leaves an ended step's start empty: its last attempt's start is it.
+            started_at: ts(s.started_at.or_else(|| {
+                attempts
+                    .iter()
+                    .rev()
+                    .find(|a| a.step_id == s.step_id)
+                    .map(|a| a.started_at)
+            })),
             attempt_history: attempts
                 .iter()
                 .filter(|a| a.step_id == s.step_id)
@@ -308,7 +320,6 @@ pub(crate) fn step_statuses(steps: Vec<StepRecord>, attempts: &[AttemptRow]) -> 
                 (c, _) => c,
             },
             error_log: s.error,
-            started_at: ts(s.started_at),
             ended_at: ts(s.finished_at),
             outputs: s.outputs,
             parent: s.parent,
@@ -324,8 +335,7 @@ pub(crate) fn event_record(seq: u64, text: &str) -> RunEventRecord {
         _ => Map::new(),
     };
     let take_str = |m: &mut Map<String, Value>, k: &str| {
-        m.remove(k)
-            .and_then(|v| v.as_str().map(str::to_string))
+        m.remove(k).and_then(|v| v.as_str().map(str::to_string))
     };
     let run_id = take_str(&mut data, "run").unwrap_or_default();
     let event_type = take_str(&mut data, "type").unwrap_or_default();
