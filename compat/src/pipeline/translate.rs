@@ -1302,16 +1302,33 @@ fn template_str(
     }
 }
 
+/// A number of seconds, whole numbers without a fraction.
+fn seconds_json(s: f64) -> Value {
+    if s.fract() == 0.0 && s <= u32::MAX as f64 {
+        json!(s as u64)
+    } else {
+        json!(s)
+    }
+}
+
 fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> Value {
     let at = s.at.as_str();
     let m = &s.map;
     let mut out = Map::new();
     out.insert("id".into(), json!(s.id));
-    if let Some(n) = m
-        .get("name")
-        .and_then(|v| cx.string(v, &member(at, "name")))
-    {
-        out.insert("name".into(), json!(n));
+    let name_field = member(at, "name");
+    if let Some(n) = m.get("name").and_then(|v| cx.string(v, &name_field)) {
+        if let Some(t) = template_str(&n, &name_field, scope, cx, dir) {
+            if t.contains("${steps.") {
+                cx.push(
+                    ProblemKind::Unsupported,
+                    &name_field,
+                    "a step's name is fixed when the pipeline loads: it can use inputs, not steps' outputs",
+                );
+            } else {
+                out.insert("name".into(), json!(t));
+            }
+        }
     }
     let has_command = m.contains_key("command");
     let has_tool = m.contains_key("action") || m.contains_key("tool");
@@ -1521,7 +1538,7 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
     };
     if let Some(v) = m.get(tkey) {
         if let Some(t) = cx.seconds(v, &member(at, tkey), false) {
-            out.insert("timeout_sec".into(), json!(t));
+            out.insert("timeout_sec".into(), seconds_json(t));
         }
     }
     if let Some(n) = s.retries {
@@ -1534,7 +1551,7 @@ fn second_pass(s: &Step, scope: &Scope<'_>, cx: &mut Cx<'_>, dir: &mut bool) -> 
     };
     if let Some(v) = m.get(dkey) {
         if let Some(d) = cx.seconds(v, &member(at, dkey), true) {
-            out.insert("retry_delay_sec".into(), json!(d));
+            out.insert("retry_delay_sec".into(), seconds_json(d));
         }
     }
     match &s.fail {
