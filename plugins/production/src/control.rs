@@ -103,7 +103,8 @@ struct RoleState {
     last: WindowStats,
     queue_depth: u64,
     oldest_wait_ms: f64,
-    /// No spare capacity: tasks queued, or every slot in use (true when unknown).
+    /// No spare capacity: tasks queued, or every slot in use (false when the health
+    /// report could not be read: no scale-up on a guess).
     saturated: bool,
     latency: Breach,
     queue_wait: Breach,
@@ -144,10 +145,11 @@ pub(crate) struct RoleView {
 
 impl HealthView {
     /// Reads the kernel's health JSON (`roles.<r>.{queue_depth, oldest_wait_ms, in_flight,
-    /// capacity}`, `agent_list[].{id, role, state}`); None if it is not an object.
+    /// capacity}`, `agent_list[].{id, role, state}`); None if it has no `roles` object.
     pub(crate) fn parse(json: &str) -> Option<HealthView> {
         let v: Value = serde_json::from_str(json).ok()?;
-        v.as_object()?;
+        // `{}` when the kernel is gone: no report.
+        v.get("roles")?.as_object()?;
         let u = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let roles = v
             .get("roles")
@@ -227,7 +229,7 @@ impl Controller {
                         last: WindowStats::default(),
                         queue_depth: 0,
                         oldest_wait_ms: 0.0,
-                        saturated: true,
+                        saturated: false,
                         latency: Breach::default(),
                         queue_wait: Breach::default(),
                         breach_since: None,
@@ -530,9 +532,11 @@ impl Controller {
             let v = view.unwrap_or_default();
             r.queue_depth = v.queue_depth;
             r.oldest_wait_ms = v.oldest_wait_ms;
-            r.saturated = match view {
-                Some(v) => v.queue_depth > 0 || v.in_flight >= v.capacity,
-                None => true,
+            r.saturated = match (health, view) {
+                (Some(_), Some(v)) => v.queue_depth > 0 || v.in_flight >= v.capacity,
+                // A role the report does not list has no agent and no queue yet.
+                (Some(_), None) => false,
+                (None, _) => false,
             };
             r.last = r.window.stats(now);
             let enough = r.last.samples >= min_samples;
@@ -967,5 +971,6 @@ mod tests {
             ]
         );
         assert!(HealthView::parse("[]").is_none());
+        assert!(HealthView::parse("{}").is_none(), "the kernel is gone");
     }
 }

@@ -41,6 +41,16 @@ impl std::fmt::Debug for Production {
     }
 }
 
+/// Logs a command the host refused: a warning, unless the kernel is shutting down (then
+/// refusals are expected).
+fn refused(what: &str, e: &PluginError) {
+    if e.message.as_str().contains("shutting down") {
+        tracing::debug!("{what} refused: {e}");
+    } else {
+        tracing::warn!("{what} refused: {e}");
+    }
+}
+
 /// Performs the controller's actions through the host. A command the host refuses at once
 /// is handed back to the controller (so that it stops counting the agent).
 fn perform(ctx: &PluginContext, state: &Mutex<Controller>, actions: Vec<Action>) {
@@ -48,7 +58,7 @@ fn perform(ctx: &PluginContext, state: &Mutex<Controller>, actions: Vec<Action>)
         match a {
             Action::Spawn { role } => {
                 if let Err(e) = ctx.spawn_agent(&role) {
-                    tracing::warn!("spawn_agent({role}) refused: {e}");
+                    refused(&format!("spawn_agent({role})"), &e);
                     if let Ok(mut c) = state.lock() {
                         c.spawn_refused(&role);
                     }
@@ -56,7 +66,7 @@ fn perform(ctx: &PluginContext, state: &Mutex<Controller>, actions: Vec<Action>)
             }
             Action::Retire { role, agent } => {
                 if let Err(e) = ctx.shutdown_agent(agent, true) {
-                    tracing::warn!("retiring agent {agent} of {role} refused: {e}");
+                    refused(&format!("retiring agent {agent} of {role}"), &e);
                     if let Ok(mut c) = state.lock() {
                         c.retire_refused(agent);
                     }
