@@ -677,11 +677,19 @@ impl Controller {
     }
 
     /// The status JSON: each role's SLA state, figures, thresholds, agents and counters.
-    pub(crate) fn status(&self, now: Instant) -> Value {
+    /// The window figures are computed now; the SLA state, queue figures and agents are
+    /// those of the last check and events.
+    pub(crate) fn status(&mut self, now: Instant) -> Value {
+        let live: HashMap<String, u64> = self
+            .roles
+            .keys()
+            .map(|name| (name.clone(), self.live(name)))
+            .collect();
         let roles: serde_json::Map<String, Value> = self
             .roles
-            .iter()
+            .iter_mut()
             .map(|(name, r)| {
+                let fresh = r.window.stats(now);
                 let mut breached = Vec::new();
                 if r.latency.since.is_some() {
                     breached.push("latency");
@@ -695,16 +703,16 @@ impl Controller {
                         "state": if breached.is_empty() { "ok" } else { "breach" },
                         "breached": breached,
                         "breach_ms": r.breach_since.map(|t| ms(now.saturating_duration_since(t))),
-                        "p95_latency_ms": r.last.p95_latency_ms.map(round),
-                        "p95_queue_wait_ms": r.last.p95_queue_wait_ms.map(round),
-                        "samples": r.last.samples,
+                        "p95_latency_ms": fresh.p95_latency_ms.map(round),
+                        "p95_queue_wait_ms": fresh.p95_queue_wait_ms.map(round),
+                        "samples": fresh.samples,
                         "queue_depth": r.queue_depth,
                         "oldest_wait_ms": round(r.oldest_wait_ms),
                         "thresholds": {
                             "p95_latency_ms": r.cfg.p95_latency_ms,
                             "p95_queue_wait_ms": r.cfg.p95_queue_wait_ms,
                         },
-                        "agents": self.live(name),
+                        "agents": live.get(name).copied().unwrap_or(0),
                         "pending_spawns": r.pending.len(),
                         "min_agents": r.cfg.min_agents,
                         "max_agents": r.cfg.max_agents,

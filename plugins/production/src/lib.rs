@@ -200,7 +200,7 @@ impl HivePlugin for Production {
 
     fn status(&self) -> String {
         match self.state.lock() {
-            Ok(c) => c.status(Instant::now()).to_string(),
+            Ok(mut c) => c.status(Instant::now()).to_string(),
             Err(_) => r#"{"error": "state lock poisoned"}"#.into(),
         }
     }
