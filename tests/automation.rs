@@ -119,7 +119,7 @@ fn a_failing_agent_trips_its_breaker_its_work_goes_to_healthy_agents_and_it_reco
     let cfg = config(
         &dir,
         &pool("work", 3),
-        "[plugins.config.breaker]\nper_role = false\nmin_calls = 4\nfailure_rate = 0.5\n\
+        "[plugins.config.breaker]\nmin_calls = 4\nfailure_rate = 0.5\n\
          cool_down_ms = 1000\nhalf_open_trials = 2\ndefer_ms = 50\n\
          [plugins.config.self_healing]\nenabled = false\n",
     );
@@ -209,9 +209,13 @@ fn a_failing_agent_trips_its_breaker_its_work_goes_to_healthy_agents_and_it_reco
         data["failures"].as_u64() >= Some(2) && data["calls"].as_u64() >= Some(4),
         "{data}"
     );
-    assert!(plugin_events(&evs, "breaker_opened")
-        .iter()
-        .all(|e| e["data"]["scope"] == "agent"));
+    // The bad agent's failures are its own: the role's breaker (on too) stays closed.
+    assert!(
+        plugin_events(&evs, "breaker_opened")
+            .iter()
+            .all(|e| e["data"]["scope"] == "agent"),
+        "only the agent's breaker opens"
+    );
 
     // While it was open, the work went to the two healthy agents (a delegation racing with
     // the opening may still reach the bad agent).
@@ -251,6 +255,7 @@ fn a_failing_agent_trips_its_breaker_its_work_goes_to_healthy_agents_and_it_reco
     assert!(s["rerouted"].as_u64() >= Some(1), "{s}");
     // Agents' breakers go with their agents (all stopped by now); the count stays.
     assert_eq!(s["breakers_opened_total"], 1, "{s}");
+    assert_eq!(s["breakers"]["role:work"]["state"], "closed", "{s}");
 }
 
 #[test]
@@ -385,9 +390,14 @@ fn a_sigkilled_stdio_agent_is_restarted_and_its_task_still_completes() {
         (r["restarts"].as_u64(), r["backoff_ms"].as_u64()),
         (Some(1), Some(100))
     );
+    let died = of_type(&evs, "agent_failed")
+        .into_iter()
+        .map(seq)
+        .min()
+        .unwrap_or_default();
     let new: Vec<u64> = of_type(&evs, "agent_spawned")
         .into_iter()
-        .filter(|e| e["role"] == "work" && seq(e) > seq(restarted[0]))
+        .filter(|e| e["role"] == "work" && seq(e) > died)
         .filter_map(|e| e["agent"].as_u64())
         .collect();
     assert_eq!(new.len(), 1, "one new agent: {new:?}");

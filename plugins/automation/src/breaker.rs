@@ -63,6 +63,30 @@ impl Window {
             })
     }
 
+    /// Takes one outcome back out (the bucket of `now`).
+    pub(crate) fn remove(&mut self, now: u64, ok: bool) {
+        let idx = now / self.bucket_ms;
+        let b = &mut self.buckets[(idx % BUCKETS as u64) as usize];
+        if b.idx == idx {
+            if ok {
+                b.ok = b.ok.saturating_sub(1);
+            } else {
+                b.failed = b.failed.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Takes another window's outcomes out of this one (same window length: the buckets
+    /// line up).
+    pub(crate) fn subtract(&mut self, other: &Window) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            if mine.idx == theirs.idx && self.bucket_ms == other.bucket_ms {
+                mine.ok = mine.ok.saturating_sub(theirs.ok);
+                mine.failed = mine.failed.saturating_sub(theirs.failed);
+            }
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
         self.buckets = [Bucket::default(); BUCKETS];
     }
@@ -155,6 +179,16 @@ impl Breaker {
         self.phase
     }
 
+    /// The outcomes it counted (while closed).
+    pub(crate) fn window(&self) -> &Window {
+        &self.window
+    }
+
+    /// Takes outcomes out of its window (those another breaker took the blame for).
+    pub(crate) fn forget(&mut self, outcomes: &Window) {
+        self.window.subtract(outcomes);
+    }
+
     fn enter(&mut self, phase: Phase, now: u64, unix_ms: u64) {
         self.phase = phase;
         self.since = now;
@@ -179,6 +213,19 @@ impl Breaker {
         now: u64,
         unix_ms: u64,
     ) -> Option<Transition> {
+        self.record_with(s, task, ok, now, unix_ms, true)
+    }
+
+    /// [`Breaker::record`], but a closed breaker only opens if `may_open`.
+    pub(crate) fn record_with(
+        &mut self,
+        s: &BreakerSettings,
+        task: u64,
+        ok: bool,
+        now: u64,
+        unix_ms: u64,
+        may_open: bool,
+    ) -> Option<Transition> {
         match self.phase {
             Phase::Closed => {
                 self.window.add(now, ok);
@@ -187,7 +234,7 @@ impl Breaker {
                 }
                 let (calls, failures) = self.window.totals(now);
                 let rate = failures as f64 / calls.max(1) as f64;
-                if calls >= u64::from(s.min_calls) && rate >= s.failure_rate {
+                if may_open && calls >= u64::from(s.min_calls) && rate >= s.failure_rate {
                     self.enter(Phase::Open, now, unix_ms);
                     return Some(Transition::Opened {
                         failure_rate: rate,

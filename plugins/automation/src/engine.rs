@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hive_plugin_api::{Delegate, LogLevel, OnFailure, Target, TargetKind};
 use serde_json::{json, Value};
 
-use crate::breaker::{Breaker, Gate, Phase, Transition};
+use crate::breaker::{Breaker, Gate, Phase, Transition, Window};
 use crate::config::{Action, Settings};
 
 /// Tasks remembered for reroutes (pins and agents to avoid) at most; past it the maps are
@@ -119,6 +119,8 @@ struct State {
     avoid: HashMap<u64, (u64, u32)>,
     /// Task -> the agent this plugin rerouted it to.
     pinned: HashMap<u64, u64>,
+    /// Per role, the agents whose failures its window holds, and when each failed last.
+    failing: HashMap<Arc<str>, HashMap<u64, u64>>,
     rr: usize,
     rerouted: u64,
     deferred: u64,
@@ -375,12 +377,27 @@ impl Engine {
                     .iter()
                     .any(|r| !r.count && r.regex.is_match(error));
             if ok || failed {
+                // Failures are the agent's first: an agent whose breaker opens takes its
+                // outcomes out of its role's window, and while it is not closed its
+                // outcomes do not count for the role (only role trials do).
+                let mut agent_closed = true;
+                let mut blamed: Option<Window> = None;
                 if s.per_agent && st.agents.contains_key(&agent) {
                     let b = st
                         .agent_breakers
                         .entry(agent)
                         .or_insert_with(|| Breaker::new(s, now, unix));
-                    if let Some(t) = b.record(s, task, ok, now, unix) {
+                    let t = b.record(s, task, ok, now, unix);
+                    agent_closed = b.phase() == Phase::Closed;
+                    if let Some(Transition::Opened {
+                        reopened: false, ..
+                    }) = t
+                    {
+                        let mut w = b.window().clone();
+                        w.remove(now, ok); // the role has not counted this one
+                        blamed = Some(w);
+                    }
+                    if let Some(t) = t {
                         changed = true;
                         self.transition_fx(&st, &mut fx, "agent", role, Some(agent), t);
                     }
@@ -390,10 +407,33 @@ impl Engine {
                         st.role_breakers
                             .insert(Arc::from(role), Breaker::new(s, now, unix));
                     }
-                    let t = st
-                        .role_breakers
-                        .get_mut(role)
-                        .and_then(|b| b.record(s, task, ok, now, unix));
+                    // With per-agent breakers, one bad agent is its own breaker's business:
+                    // a role opens on failures of at least two of its agents (or of its
+                    // only agent).
+                    let may_open = if s.per_agent {
+                        let live = Self::live_count(&st, role);
+                        let window = s.window_ms;
+                        let failing = st.failing.entry(Arc::from(role)).or_default();
+                        if blamed.is_some() {
+                            failing.remove(&agent);
+                        } else if !ok && agent_closed {
+                            failing.insert(agent, now);
+                        }
+                        failing.retain(|_, at| *at + window > now);
+                        failing.len() >= 2 || live <= 1
+                    } else {
+                        true
+                    };
+                    let t = st.role_breakers.get_mut(role).and_then(|b| {
+                        if let Some(w) = &blamed {
+                            b.forget(w);
+                        }
+                        if agent_closed || b.phase() != Phase::Closed {
+                            b.record_with(s, task, ok, now, unix, may_open)
+                        } else {
+                            None
+                        }
+                    });
                     if let Some(t) = t {
                         changed = true;
                         self.transition_fx(&st, &mut fx, "role", role, None, t);
@@ -1117,6 +1157,40 @@ mod tests {
         assert_eq!(names(&fx), ["breaker_closed"]);
         assert!(!e.armed(), "the fast path is back");
         assert_eq!(e.status(1200)["rerouted"], 5);
+    }
+
+    #[test]
+    fn one_bad_agent_trips_its_own_breaker_not_its_roles() {
+        let e = engine(r#"{"breaker": {"min_calls": 3, "cool_down_ms": 1000}}"#);
+        // Agent 1 fails from the start, before the others have finished anything.
+        fail(&e, 1, 1, 0);
+        fail(&e, 1, 2, 1);
+        let fx = fail(&e, 1, 3, 2);
+        assert_eq!(names(&fx), ["breaker_opened"]);
+        let st = e.status(3);
+        assert_eq!(st["breakers"]["agent:1"]["state"], "open");
+        assert_eq!(st["breakers"]["role:work"]["state"], "closed");
+        assert_eq!(st["breakers"]["role:work"]["calls"], 0, "{st}");
+        // Agent 2 fails alone, more than half of the role's attempts, before its own
+        // breaker trips: the role stays closed.
+        let e2 = engine(r#"{"breaker": {"min_calls": 4, "cool_down_ms": 1000}}"#);
+        fail(&e2, 2, 1, 0);
+        fail(&e2, 2, 2, 0);
+        e2.attempt_finished(3, "work", 1, 1, "succeeded", "", false, 0, 0);
+        assert!(fail(&e2, 2, 4, 0).is_empty());
+        assert_eq!(e2.status(0)["breakers"]["role:work"]["failure_rate"], 0.75);
+        assert_eq!(e2.status(0)["breakers"]["role:work"]["state"], "closed");
+        // While it is open its late outcomes do not count for the role either.
+        fail(&e, 1, 4, 4);
+        e.attempt_finished(5, "work", 2, 1, "succeeded", "", false, 5, 0);
+        assert_eq!(e.status(6)["breakers"]["role:work"]["calls"], 1);
+        // Failures spread over the role's agents still trip the role.
+        assert!(fail(&e, 2, 6, 7).is_empty());
+        let fx = fail(&e, 3, 7, 8);
+        assert_eq!(names(&fx), ["breaker_opened"]);
+        assert!(fx
+            .iter()
+            .any(|f| matches!(f, Effect::Emit(_, d) if d["key"] == "role:work")));
     }
 
     #[test]
