@@ -3,11 +3,14 @@
 //! argument and returns what to tell the kernel (events, logs, metrics) as [`Effect`]s, so
 //! the logic is tested without a kernel and without sleeping.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hive_plugin_api::{Delegate, LogLevel, OnFailure, Target, TargetKind};
+// Small integer and short string keys: a fast hash (the maps are not exposed to untrusted
+// key choice beyond agent and task ids and role names from the config).
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde_json::{json, Value};
 
 use crate::breaker::{Breaker, Gate, Phase, Transition, Window};
@@ -410,17 +413,21 @@ impl Engine {
                     // With per-agent breakers, one bad agent is its own breaker's business:
                     // a role opens on failures of at least two of its agents (or of its
                     // only agent).
-                    let may_open = if s.per_agent {
-                        let live = Self::live_count(&st, role);
+                    let may_open = if s.per_agent && !ok {
                         let window = s.window_ms;
-                        let failing = st.failing.entry(Arc::from(role)).or_default();
-                        if blamed.is_some() {
-                            failing.remove(&agent);
-                        } else if !ok && agent_closed {
-                            failing.insert(agent, now);
+                        if !st.failing.contains_key(role) {
+                            st.failing.insert(Arc::from(role), HashMap::default());
                         }
-                        failing.retain(|_, at| *at + window > now);
-                        failing.len() >= 2 || live <= 1
+                        let failers = st.failing.get_mut(role).map_or(0, |failing| {
+                            if blamed.is_some() {
+                                failing.remove(&agent);
+                            } else if agent_closed {
+                                failing.insert(agent, now);
+                            }
+                            failing.retain(|_, at| *at + window > now);
+                            failing.len()
+                        });
+                        failers >= 2 || Self::live_count(&st, role) <= 1
                     } else {
                         true
                     };
@@ -861,8 +868,8 @@ impl Engine {
             return fx;
         }
         // The kernel's view: live agents per role, and every agent (any state) per role.
-        let mut live: HashMap<&str, usize> = HashMap::new();
-        let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
+        let mut live: HashMap<&str, usize> = HashMap::default();
+        let mut seen: HashMap<&str, Vec<u64>> = HashMap::default();
         let list = health
             .get("agent_list")
             .and_then(Value::as_array)
@@ -901,7 +908,7 @@ impl Engine {
         let mut tickets = std::mem::take(&mut st.heal.tickets);
         tickets.retain(|t| t.at + TICKET_TTL_MS > now);
         tickets.sort_by_key(|t| t.ticket);
-        let mut used: HashSet<u64> = HashSet::new();
+        let mut used: HashSet<u64> = HashSet::default();
         tickets.retain(|t| {
             let served = seen.get(&*t.role).and_then(|ids| {
                 ids.iter()
