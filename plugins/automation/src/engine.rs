@@ -300,7 +300,7 @@ impl Engine {
             }
             None => {
                 // stopped or failed: gone.
-                if to == "failed" && from == "draining" {
+                if to == "failed" && from == "draining" && self.settings.healing.enabled {
                     st.heal.draining_failed.insert(agent);
                 }
                 self.forget_agent(&mut st, agent, role);
