@@ -714,3 +714,67 @@ fn the_config_decides_the_hooks_and_the_status_shows_every_part() {
         "{healing_only}"
     );
 }
+
+#[test]
+fn next_to_the_production_plugins_failover_a_crashed_agent_is_replaced_once() {
+    let dir = scratch("auto-heal-with-production");
+    let cfg = dir.join("hive.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kernel]\nstate_dir = \"state\"\n\n{}\n\
+             [[plugins]]\npath = \"{}\"\n[plugins.config.roles.work]\nmax_agents = 4\nfailover = true\n\n\
+             [[plugins]]\npath = \"{}\"\n[plugins.config.self_healing]\nbackoff_initial_ms = 300\n",
+            pool("work", 2),
+            official_plugin("production").display(),
+            official_plugin("automation").display()
+        ),
+    )
+    .expect("write hive.toml");
+    let marks = dir.join("marks");
+    let tasks = tasks_file(
+        &dir,
+        &[json!({"id": "long", "role": "work", "payload": {"sleep": 2, "marker": marks}})],
+    );
+    let running = run(&dir, &cfg, &tasks, &[]).spawn();
+    let mut first = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            first = std::fs::read_to_string(&marks).unwrap_or_default();
+            first.ends_with('\n')
+        }),
+        "the task never started:\n{}",
+        running.stderr()
+    );
+    let pid: i32 = first
+        .split_whitespace()
+        .nth(3)
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    // SAFETY: kill(2) on the test agent's pid, read from its own marker line.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let out = finish(running);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(results(&out)[0]["status"], "succeeded");
+
+    let evs = events(&dir);
+    assert_eq!(of_type(&evs, "agent_failed").len(), 1);
+    assert_eq!(
+        of_type(&evs, "agent_spawned").len(),
+        3,
+        "two agents and one replacement, not two"
+    );
+    assert!(
+        plugin_events(&evs, "agent_restarted").is_empty(),
+        "the production plugin's failover replaced it first"
+    );
+    let s = summary(&evs);
+    assert_eq!(
+        (
+            s["restarts_skipped"].as_u64(),
+            s["restarts_pending"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+}
