@@ -236,6 +236,67 @@ impl hive_plugin_api::HivePlugin for LinkedPanicker {
     }
 }
 
+/// A linked plugin that sends every task, once, to an agent that does not exist.
+struct PinToGhost {
+    pinned: pins::Set,
+}
+
+mod pins {
+    /// A set of task ids behind a std mutex.
+    #[derive(Default)]
+    pub struct Set(std::sync::Mutex<std::collections::HashSet<u64>>);
+    impl Set {
+        /// True the first time `id` is inserted.
+        pub fn first(&self, id: u64) -> bool {
+            self.0.lock().map(|mut s| s.insert(id)).unwrap_or(false)
+        }
+    }
+}
+
+impl hive_plugin_api::HivePlugin for PinToGhost {
+    const NAME: &'static str = "pin-to-ghost";
+    const VERSION: &'static str = "1.0.0";
+    const HOOKS: hive_plugin_api::Hooks = hive_plugin_api::Hooks::BEFORE_DELEGATE;
+    fn new(
+        _config: &str,
+        _ctx: hive_plugin_api::PluginContext,
+    ) -> Result<Self, hive_plugin_api::PluginError> {
+        Ok(PinToGhost {
+            pinned: Default::default(),
+        })
+    }
+    fn before_delegate(
+        &self,
+        r: &hive_plugin_api::DelegateRequest<'_>,
+    ) -> Result<hive_plugin_api::Delegate, hive_plugin_api::PluginError> {
+        Ok(if self.pinned.first(r.task) {
+            hive_plugin_api::Delegate::Reroute {
+                target: hive_plugin_api::Target::agent(999_999),
+            }
+        } else {
+            hive_plugin_api::Delegate::Continue
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_rerouted_to_an_agent_that_left_goes_back_to_its_own_target() {
+    let (k, calls) = kernel_with(
+        &[PluginSpec::linked(hive_plugin_api::linked_module::<
+            PinToGhost,
+        >())],
+        QuarantinePolicy::default(),
+    )
+    .await;
+    let r = k
+        .run(TaskSpec::for_role("w", json!({})).with_name("pinned"))
+        .await
+        .expect("run");
+    assert_eq!(r.status(), Status::Succeeded, "{r:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    k.shutdown(ShutdownMode::Graceful).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_linked_into_the_program_behave_like_loaded_ones() {
     let (k, calls) = kernel_with(

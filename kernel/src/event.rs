@@ -250,6 +250,14 @@ pub enum Event {
         /// Whether the task will be tried again.
         will_retry: bool,
     },
+    /// A plugin's `status()` when the kernel shut down (after its observers drained): the
+    /// last word of each plugin in the event log.
+    PluginStatus {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its `status()` JSON.
+        status: serde_json::Value,
+    },
     /// A named event of a plugin (`sla_breach`, `scaled_up`, `breaker_opened`, ...).
     PluginEvent {
         /// The plugin.
@@ -311,7 +319,8 @@ impl Event {
             Event::PluginLog { .. }
             | Event::PluginError { .. }
             | Event::PluginQuarantined { .. }
-            | Event::PluginEvent { .. } => kind::PLUGIN,
+            | Event::PluginEvent { .. }
+            | Event::PluginStatus { .. } => kind::PLUGIN,
             Event::AttemptFinished { .. } => kind::ATTEMPT,
             Event::RunStarted { .. } | Event::RunFinished { .. } => kind::RUN,
         }

@@ -591,7 +591,19 @@ impl Kernel {
         }
         if let Some(set) = self.inner.plugins.get().cloned() {
             let within = self.inner.grace;
-            let _ = tokio::task::spawn_blocking(move || set.stop(within)).await;
+            let s2 = set.clone();
+            let _ = tokio::task::spawn_blocking(move || s2.stop(within)).await;
+            let first = set.report_final_once();
+            for p in set.health() {
+                if first && p.state == "loaded" {
+                    self.inner
+                        .bus
+                        .emit_with(crate::event::kind::PLUGIN, || Event::PluginStatus {
+                            plugin: Arc::from(p.name.as_str()),
+                            status: p.status.clone(),
+                        });
+                }
+            }
         }
         self.inner.stop.cancel();
     }
@@ -1205,7 +1217,16 @@ impl Inner {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Option<Launch> {
         let picked = match &st.reroute {
-            Some(t) => self.pick_queue(entry, &t.clone()),
+            Some(t) => match self.pick_queue(entry, &t.clone()) {
+                // A plugin sent it to one agent, which has left since: back to its own
+                // target, rather than failing a task nobody pinned there.
+                Err(_) if matches!(t, Target::Agent(_)) && *t != entry.spec.target => {
+                    tracing::debug!(task = %entry.id, "rerouted to {t:?}, which left: back to its own target");
+                    st.reroute = None;
+                    self.pick_queue(entry, &entry.spec.target)
+                }
+                other => other,
+            },
             None => self.pick_queue(entry, &entry.spec.target),
         };
         let queue = match picked {

@@ -238,6 +238,8 @@ pub(crate) struct PluginSet {
     /// When the observers must be done delivering their backlog (set at stop).
     stop_by: Mutex<Option<Instant>>,
     threads: Mutex<Vec<(Arc<LoadedPlugin>, std::sync::mpsc::Receiver<()>)>>,
+    /// Whether the final statuses were reported (once per kernel).
+    reported: AtomicBool,
 }
 
 fn observer_mask(h: Hooks) -> u64 {
@@ -366,6 +368,7 @@ impl PluginSet {
             stop: CancellationToken::new(),
             stop_by: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
+            reported: AtomicBool::new(false),
         });
         kernel
             .rt()
@@ -946,6 +949,11 @@ impl PluginSet {
                 self.failed_hook(p, "shutdown", &e);
             }
         }
+    }
+
+    /// True the first time only: whoever gets it reports the final statuses.
+    pub(crate) fn report_final_once(&self) -> bool {
+        !self.reported.swap(true, Ordering::AcqRel)
     }
 
     pub(crate) fn health(&self) -> Vec<PluginHealth> {
