@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use hive_kernel::{
     AgentSpec, BuildError, InprocDriver, Kernel, Outcome, ShutdownMode, SpawnError, TaskError,
-    TaskInput, TaskSpec,
+    TaskInput, TaskSpec, Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -298,6 +298,7 @@ impl OrchestratorV2Builder {
         Ok(OrchestratorV2 {
             kernel,
             owns_kernel,
+            closed: AtomicBool::new(false),
             critics,
             hooks: self.hooks,
             handle,
@@ -360,6 +361,7 @@ struct Registered {
 pub struct OrchestratorV2 {
     kernel: Kernel,
     owns_kernel: bool,
+    closed: AtomicBool,
     critics: Vec<Registered>,
     hooks: OrchestratorHooks,
     handle: tokio::runtime::Handle,
@@ -466,8 +468,10 @@ impl OrchestratorV2 {
     }
 
     /// Stops the kernel if the orchestrator built it (critics running finish first); on a
-    /// caller's kernel, shuts the critics' agents down only.
+    /// caller's kernel, shuts the critics' agents down only. Later `run_all` calls return the
+    /// error template (`OrchestratorError`) for every critic.
     pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
         if self.owns_kernel {
             self.kernel.shutdown(ShutdownMode::Graceful).await;
         } else {
@@ -526,16 +530,32 @@ impl OrchestratorV2 {
         hook_errors: &mut Vec<String>,
     ) -> CriticResult {
         let name = &*c.name;
-        let mut spec = TaskSpec::for_role(&*c.role, Value::Null).with_timeout(c.timeout);
+        // The timeout is the critic's wall time from its submission: the deadline also
+        // covers waiting for a slot of its agent (concurrent runs beyond its capacity).
+        let deadline = Timestamp(
+            Timestamp::now()
+                .micros()
+                .saturating_add(c.timeout.as_micros().min(u64::MAX as u128) as u64),
+        );
+        let mut spec = TaskSpec::for_role(&*c.role, Value::Null)
+            .with_timeout(c.timeout)
+            .with_deadline(deadline);
         spec.payload = input;
         spec.name = Some(c.name.clone());
         let t0 = Instant::now();
-        let outcome = match self.kernel.submit(spec).await {
-            Ok(h) => h.await.outcome,
-            Err(e) => Outcome::Failed(typed_error(
+        let outcome = if self.closed.load(Ordering::Acquire) {
+            Outcome::Failed(typed_error(
                 "OrchestratorError",
-                format!("critic `{name}` could not be run: {e}"),
-            )),
+                format!("critic `{name}` could not be run: the orchestrator was shut down"),
+            ))
+        } else {
+            match self.kernel.submit(spec).await {
+                Ok(h) => h.await.outcome,
+                Err(e) => Outcome::Failed(typed_error(
+                    "OrchestratorError",
+                    format!("critic `{name}` could not be run: {e}"),
+                )),
+            }
         };
         let d = ms(t0.elapsed());
         let mut r = match outcome {
