@@ -26,18 +26,13 @@ pub(crate) fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The identity of a task for draws: its label when it has one (a plan's step id, a
-/// `--tasks` id), else its id; with its payload.
-pub(crate) fn task_key(name: &str, task: u64, payload: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + payload.len() + 9);
-    if name.is_empty() {
-        k.extend_from_slice(&task.to_le_bytes());
-    } else {
-        k.extend_from_slice(name.as_bytes());
-    }
-    k.push(0);
-    k.extend_from_slice(payload.as_bytes());
-    k
+/// The identity of a task for draws: a hash of its label when it has one (a plan's step id,
+/// a `--tasks` id), else of its id; and of its payload. No allocation: it runs on the
+/// dispatch path.
+pub(crate) fn task_key(name: &str, task: u64, payload: &str) -> [u8; 8] {
+    let id = task.to_le_bytes();
+    let first: &[u8] = if name.is_empty() { &id } else { name.as_bytes() };
+    hash(0, &[first, payload.as_bytes()]).to_le_bytes()
 }
 
 /// A uniform draw in [0, 1) for `purpose` of the task `key`.
