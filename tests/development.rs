@@ -54,7 +54,7 @@ fn run_mock(dir: &Path, seed: u64) -> Value {
         dir,
         MOCK_POOL,
         &format!(
-            "seed = {seed}\n[plugins.config.mock]\nlatency_ms = {{ dist = \"lognormal\", median = 3, p99 = 20 }}\nfailure_rate = 0.25\ntimeout_rate = 0.05\ncrash_rate = 0.02\n"
+            "seed = {seed}\n[plugins.config.mock]\nlatency_ms = {{ dist = \"lognormal\", median = 3, p99 = 20 }}\nfailure_rate = 0.25\ntimeout_rate = 0.05\n"
         ),
     );
     let tasks = tasks_file(dir, "sim", 60);
@@ -91,6 +91,43 @@ fn mock_agents_with_the_same_seed_give_identical_outcomes() {
     assert!(errors.iter().any(|e| e.contains("timed out")), "{errors:?}");
     let ok = oa.iter().filter(|o| o[1] == "succeeded").count();
     assert!(ok > 40, "{ok} of 60 succeeded");
+}
+
+#[test]
+fn a_mock_crash_kills_the_agent_for_real() {
+    let dir = scratch("dev-mock-crash");
+    let cfg = config(
+        &dir,
+        MOCK_POOL,
+        "[plugins.config.mock]\nlatency_ms = 1\ncrash_rate = 1.0\n",
+    );
+    let events = dir.join("events.jsonl");
+    let out = Hive::new(&dir)
+        .args([
+            "run",
+            "--tasks",
+            "[{\"id\": \"doomed\", \"role\": \"sim\"}]",
+        ])
+        .args(["--config"])
+        .args([&cfg])
+        .args(["--events"])
+        .args([&events])
+        .run();
+    assert_eq!(out.code, 1, "{out}");
+    let text = std::fs::read_to_string(&events).expect("events");
+    let failed: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "agent_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("mock agent crashed")));
+    assert!(
+        text.contains("\"status\":\"agent_lost\""),
+        "the attempt was lost with it"
+    );
 }
 
 #[test]
