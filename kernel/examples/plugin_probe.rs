@@ -1,8 +1,11 @@
 //! Plugin overhead probe: throughput of 10,000 no-op inproc tasks over 8 agents with no plugin,
-//! with a no-op decision hook, a no-op observer, four no-op plugins on every hook, and an
-//! observer that sleeps 1 s per event; the per-task cost of each against none.
+//! with a no-op decision hook, a no-op observer, four no-op plugins on every hook, an
+//! observer that sleeps 1 s per event, and the four official plugins loaded together (as
+//! configured for a real role, and with a development fault rule active); the per-task cost
+//! of each against none.
 //! Run: `cargo run --release -p hive-kernel --example plugin_probe -- NOOP_SO TESTKIT_SO`
-//! (both built by `cargo build --release --workspace`).
+//! (all built by `cargo build --release --workspace`; the official plugins are looked for
+//! beside NOOP_SO).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -70,6 +73,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let dir = noop.parent().map(Path::to_path_buf).unwrap_or_default();
+    let official = move |name: &str, config: Value| {
+        PluginSpec::path(dir.join(format!("libhive_plugin_{name}.so"))).with_config(config)
+    };
+    let four = move |dev: Value| {
+        vec![
+            official(
+                "production",
+                json!({"roles": {"w": {"p95_latency_ms": 1000, "p95_queue_wait_ms": 1000,
+                                       "min_agents": 8, "max_agents": 8}}}),
+            ),
+            official("performance", json!({"report_interval_ms": 1000})),
+            official(
+                "automation",
+                json!({"rules": [{"pattern": "rate limit", "action": "retry_after", "ms": 100}]}),
+            ),
+            official("development", dev),
+        ]
+    };
     let (noop, testkit) = (noop.clone(), testkit.clone());
     let noop_with = move |name: &str, hooks: Option<&[&str]>| {
         let mut s = PluginSpec::path(&noop).with_name(name);
@@ -93,6 +115,11 @@ fn main() {
             (
                 "four_noop_all_hooks",
                 (0..4).map(|i| noop_with(&format!("n{i}"), None)).collect(),
+            ),
+            ("official_four", four(json!({}))),
+            (
+                "official_four_dev_fault_rule",
+                four(json!({"faults": [{"role": "w", "fail_rate": 0.001}]})),
             ),
             (
                 "sleepy_observer_1s",
