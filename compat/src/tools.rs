@@ -39,10 +39,11 @@ mod policy;
 mod result;
 mod spec;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures_util::FutureExt;
 use hive_kernel::{
@@ -103,16 +104,35 @@ struct CallTable {
 }
 
 /// Calls in flight, by number: a kernel task's payload is `call << 32 | index`.
-#[derive(Default)]
 struct Registry {
+    /// The orchestrator's number (the per-thread cache's key).
+    id: u64,
     calls: RwLock<HashMap<u64, Arc<CallTable>>>,
+}
+
+thread_local! {
+    /// The call a worker thread looked up last (registry, call, table): consecutive tasks of
+    /// one call skip the registry's lock.
+    static LAST_CALL: RefCell<Option<(u64, u64, Weak<CallTable>)>> = const { RefCell::new(None) };
 }
 
 impl Registry {
     fn lookup(&self, payload: &Value) -> Option<(Arc<CallTable>, usize)> {
         let key = payload.as_u64()?;
-        let table = self.calls.read().get(&(key >> 32)).cloned()?;
-        Some((table, (key & 0xFFFF_FFFF) as usize))
+        let (call, idx) = (key >> 32, (key & 0xFFFF_FFFF) as usize);
+        let cached = LAST_CALL.with(|c| match &*c.borrow() {
+            Some((r, k, table)) if *r == self.id && *k == call => table.upgrade(),
+            _ => None,
+        });
+        let table = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.calls.read().get(&call).cloned()?;
+                LAST_CALL.with(|c| *c.borrow_mut() = Some((self.id, call, Arc::downgrade(&t))));
+                t
+            }
+        };
+        Some((table, idx))
     }
 }
 
@@ -168,7 +188,11 @@ impl ToolsOrchestrator {
     }
 
     fn build(kernel: Kernel, owns_kernel: bool) -> Self {
-        let registry = Arc::new(Registry::default());
+        let id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+        let registry = Arc::new(Registry {
+            id,
+            calls: RwLock::new(HashMap::new()),
+        });
         let reg = registry.clone();
         let driver = InprocDriver::new(move |input: TaskInput| {
             let found = reg.lookup(&input.payload);
@@ -178,10 +202,7 @@ impl ToolsOrchestrator {
         ToolsOrchestrator {
             kernel,
             owns_kernel,
-            role: Arc::from(format!(
-                "compat.tools.{}",
-                NEXT_POOL.fetch_add(1, Ordering::Relaxed)
-            )),
+            role: Arc::from(format!("compat.tools.{id}")),
             driver,
             registry,
             pool: tokio::sync::Mutex::new((0, 0)),

@@ -422,6 +422,11 @@ fn run_all_sync_blocks_outside_a_runtime() {
             .map(|e| e.error_type.as_str()),
         Some("KeyError")
     );
+    // An orchestrator that owns its runtime may be dropped inside another runtime.
+    let other = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    other.block_on(async move { drop(o) });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

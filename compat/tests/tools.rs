@@ -103,7 +103,7 @@ async fn parallel_results_are_in_input_order_in_the_legacy_json_shape() {
         t.output,
         Some(json!({"echo": "second", "artifacts": ["report.md"]}))
     );
-    assert_eq!(t.artifacts, json!(["report.md"]));
+    assert_eq!(t.artifacts, [json!("report.md")]);
     assert_eq!(t.attempts, 1);
     assert!(t.agent.is_some() && t.started_at.is_some() && t.errors.is_empty());
     assert!(r.all_succeeded());

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hive_kernel::{BatchOptions, Cancellation, Fairness, Status, TaskId, TaskSpec as KernelTask};
+use hive_kernel::{
+    BatchOptions, Cancellation, Fairness, Status, Target, TaskId, TaskSpec as KernelTask,
+};
 use serde_json::Value;
 
 use super::graph::{assign_ids, TaskGraph};
@@ -76,20 +78,19 @@ fn prepare(specs: Vec<TaskSpec>, ids: Vec<Arc<str>>) -> Prepared {
 
 /// The kernel task of job `idx` of `call`.
 fn kernel_task(
-    o: &ToolsOrchestrator,
+    target: &Target,
     call: u64,
     idx: usize,
     p: &Prepared,
     policy: &OrchestrationPolicy,
     retry: hive_kernel::RetryPolicy,
 ) -> KernelTask {
-    let mut t = KernelTask::for_role(&*o.role, Value::from(call << 32 | idx as u64))
-        .with_timeout(p.timeouts[idx].unwrap_or(policy.timeout()))
-        .with_retry(retry);
+    // Fields set in place: the `with_*` setters move the whole spec each time.
+    let mut t = KernelTask::new(target.clone(), Value::from(call << 32 | idx as u64));
+    t.timeout = Some(p.timeouts[idx].unwrap_or(policy.timeout()));
+    t.retry = retry;
     t.name = Some(p.ids[idx].clone());
-    if let Some(c) = p.costs[idx] {
-        t = t.with_cost(c);
-    }
+    t.cost = p.costs[idx];
     t
 }
 
@@ -144,9 +145,10 @@ pub(crate) async fn parallel(
     let jobs = std::mem::take(&mut p.jobs);
     let (call, _guard) = o.register(jobs)?;
     let retry = policy.retry().to_kernel();
+    let target = Target::role(&*o.role);
     let batch: Vec<KernelTask> = (0..n)
         .filter(|&i| admitted(i))
-        .map(|i| kernel_task(o, call, i, &p, policy, retry))
+        .map(|i| kernel_task(&target, call, i, &p, policy, retry))
         .collect();
     let opts = BatchOptions::new(policy.max_concurrency())
         .cancellation(policy.cancellation())
@@ -262,6 +264,7 @@ pub(crate) async fn graph(
     let jobs = std::mem::take(&mut p.jobs);
     let (call, _guard) = o.register(jobs)?;
     let retry = policy.retry().to_kernel();
+    let target = Target::role(&*o.role);
     let max = policy.max_concurrency();
     let cascading = policy.cancellation() == Cancellation::Cascading;
 
@@ -297,7 +300,7 @@ pub(crate) async fn graph(
             }
             match o
                 .kernel
-                .submit(kernel_task(o, call, i, &p, policy, retry))
+                .submit(kernel_task(&target, call, i, &p, policy, retry))
                 .await
             {
                 Ok(h) => {

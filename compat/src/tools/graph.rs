@@ -147,13 +147,24 @@ impl TaskGraphBuilder {
 }
 
 /// The ids of a task list (`task-N` for those without one), refusing duplicates and bad costs.
+/// Generated ids are unique among themselves, so the duplicate check runs only when some task
+/// brings its own id.
 pub(crate) fn assign_ids(specs: &[TaskSpec]) -> Result<Vec<Arc<str>>, GraphError> {
-    let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    use std::fmt::Write;
     let mut ids = Vec::with_capacity(specs.len());
+    let mut buf = String::with_capacity(16);
+    let mut explicit = false;
     for (i, s) in specs.iter().enumerate() {
         let id: Arc<str> = match &s.id {
-            Some(id) => Arc::from(id.as_str()),
-            None => Arc::from(format!("task-{}", i + 1)),
+            Some(id) => {
+                explicit = true;
+                Arc::from(id.as_str())
+            }
+            None => {
+                buf.clear();
+                let _ = write!(buf, "task-{}", i + 1);
+                Arc::from(buf.as_str())
+            }
         };
         if let Some(c) = s.cost_estimate() {
             if !(c.is_finite() && c >= 0.0) {
@@ -163,10 +174,15 @@ pub(crate) fn assign_ids(specs: &[TaskSpec]) -> Result<Vec<Arc<str>>, GraphError
                 });
             }
         }
-        if !seen.insert(id.clone()) {
-            return Err(GraphError::DuplicateId(id.to_string()));
-        }
         ids.push(id);
+    }
+    if explicit {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for id in &ids {
+            if !seen.insert(&**id) {
+                return Err(GraphError::DuplicateId(id.to_string()));
+            }
+        }
     }
     Ok(ids)
 }

@@ -31,8 +31,9 @@ pub struct TaskOutcome {
     pub agent: Option<u64>,
     /// Run time summed over attempts, in seconds.
     pub duration_s: f64,
-    /// The `artifacts` member of the output, when the output is an object with one; else `[]`.
-    pub artifacts: Value,
+    /// The `artifacts` member of the output, when the output is an object with an array
+    /// there; else `[]`.
+    pub artifacts: Vec<Value>,
     /// The agent's output, when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -59,8 +60,9 @@ impl TaskOutcome {
         let artifacts = output
             .as_ref()
             .and_then(|o| o.get("artifacts"))
+            .and_then(Value::as_array)
             .cloned()
-            .unwrap_or_else(|| Value::Array(Vec::new()));
+            .unwrap_or_default();
         TaskOutcome {
             id,
             status,
@@ -88,7 +90,7 @@ impl TaskOutcome {
             errors: vec![why],
             agent: None,
             duration_s: 0.0,
-            artifacts: Value::Array(Vec::new()),
+            artifacts: Vec::new(),
             output: None,
         }
     }
