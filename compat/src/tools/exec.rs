@@ -281,6 +281,7 @@ pub(crate) async fn graph(
     let mut budget = Budget::new(policy.cost_budget());
     // Set once a task ended badly under cascading cancellation: why the rest is cancelled.
     let mut abort: Option<String> = None;
+    let mut unstarted_cancelled = false;
     let mut running = FuturesUnordered::new();
     let run = format!("{}.{call}", o.role);
     o.kernel.run_started(&run, "execute_graph");
@@ -326,8 +327,9 @@ pub(crate) async fn graph(
                 }
             }
         }
-        if abort.is_some() {
-            // Nothing new starts; what never started is cancelled.
+        if abort.is_some() && !unstarted_cancelled {
+            // Nothing new starts; what never started is cancelled (once).
+            unstarted_cancelled = true;
             for i in ready.drain() {
                 cancel_unstarted(i, &p.ids, &abort, &mut outcomes);
             }
