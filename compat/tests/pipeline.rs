@@ -729,3 +729,14 @@ async fn the_example_pipeline_runs() {
     assert_eq!(outputs["notes"], 2);
     assert_eq!(outputs["report"], ".hive/research-report/report.md");
 }
+
+#[test]
+fn the_facade_is_send() {
+    fn send<T: Send>(_: &T) {}
+    let dir = scratch("send");
+    let o = orch(&dir);
+    send(&o);
+    send(&o.execute_pipeline(dir.join("p.yaml"), NO_INPUTS));
+    send(&o.start_pipeline(dir.join("p.yaml"), NO_INPUTS));
+    send(&o.resume("x"));
+}

@@ -795,3 +795,21 @@ fn the_legacy_command_line_has_the_same_flags_and_exit_codes() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn the_facade_is_send() {
+    // Callers spawn its futures on a multi-threaded runtime.
+    fn send<T: Send>(_: &T) {}
+    let dir = scratch("send");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = rt.enter();
+    let o = orch(&dir);
+    send(&o);
+    send(&o.execute_plan(dir.join("p.json"), NO_VARS));
+    send(&o.start_plan(dir.join("p.json"), NO_VARS));
+    send(&o.resume_run("x"));
+    send(&o.create_run("p", "q", json!({})));
+    send(&o.start_run("x"));
+    send(&o.complete_run("x", "succeeded", 0));
+    send(&o.monitor());
+}

@@ -264,6 +264,11 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
             i += 1;
             continue;
         }
+        // `{{ ref }}` inside a condition is the reference itself.
+        if two("{{") || two("}}") {
+            i += 2;
+            continue;
+        }
         let (tok, len) = if c == '(' {
             (Tok::LParen, 1)
         } else if c == ')' {
@@ -306,6 +311,11 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
                         j += 1;
                     }
                 }
+            }
+            if s.contains("{{") {
+                return Err(format!(
+                    "the string {s:?} holds a template: a condition compares values, write the reference without quotes"
+                ));
             }
             (Tok::Str(s), j + 1 - i)
         } else if c.is_ascii_digit()
@@ -634,12 +644,7 @@ pub(crate) fn condition(src: &str, scope: &Scope<'_>) -> Result<String, String> 
     if src.contains("<AUTO>") {
         return Err("`<AUTO>` conditions (decided by a model) have no equivalent".into());
     }
-    let mut s = src.trim();
-    if s.starts_with("{{") && s.ends_with("}}") && s[2..s.len() - 2].find("{{").is_none() {
-        s = s[2..s.len() - 2].trim();
-    }
-    let text = s.replace("{{", " ").replace("}}", " ");
-    let toks = tokenize(&text)?;
+    let toks = tokenize(src)?;
     if toks.is_empty() {
         return Err("empty condition".into());
     }
@@ -728,6 +733,9 @@ mod tests {
             assert!(condition("fetch.status == 'weird'", s)
                 .expect_err("bad word")
                 .contains("no step ends with status"));
+            assert!(condition("'{{ topic }}' == 'rust'", s)
+                .expect_err("template in a string")
+                .contains("without quotes"));
             assert!(condition("depth + 1 > 2", s)
                 .expect_err("arith")
                 .contains("unexpected `+`"));

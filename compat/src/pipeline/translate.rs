@@ -459,28 +459,22 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
                         None | Some(Value::Null) => None,
                         Some(v) => cx.scalar(v, &member(&field, "default")),
                     };
-                    let required = match d.get("required") {
-                        None => default.is_none(),
-                        Some(Value::Bool(b)) => *b,
-                        Some(v) => {
-                            cx.push(
-                                ProblemKind::Invalid,
-                                member(&field, "required"),
-                                format!("expected true or false, found {v}"),
-                            );
-                            true
+                    if let Some(r) = d.get("required").filter(|r| !r.is_boolean()) {
+                        cx.push(
+                            ProblemKind::Invalid,
+                            member(&field, "required"),
+                            format!("expected true or false, found {r}"),
+                        );
+                    }
+                    // Required unless it has a default or says `required: false` (then its
+                    // default is the empty string).
+                    match default {
+                        Some(v) => (Some(v), false),
+                        None if d.get("required") == Some(&Value::Bool(false)) => {
+                            (Some(String::new()), false)
                         }
-                    };
-                    // An optional input without a default is the empty string.
-                    let default = if !required && default.is_none() {
-                        Some(String::new())
-                    } else {
-                        default
-                    };
-                    (
-                        default,
-                        required && d.get("default").is_none_or(Value::is_null),
-                    )
+                        None => (None, true),
+                    }
                 }
                 Value::Null => (None, true),
                 other => (cx.scalar(other, &field), false),
