@@ -252,7 +252,7 @@ impl Translation {
                 let declared: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
                 push(
                     ProblemKind::UnknownReference,
-                    "",
+                    "inputs",
                     format!(
                         "input `{k}` is not declared by the pipeline (declared: {})",
                         if declared.is_empty() {
