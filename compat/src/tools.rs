@@ -50,7 +50,7 @@ use hive_kernel::{
     AgentSpec, BuildError, InprocDriver, Kernel, ShutdownMode, SpawnError, TaskError, TaskInput,
 };
 use parking_lot::RwLock;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use graph::{GraphError, TaskGraph, TaskGraphBuilder};
 pub use hive_kernel::{Cancellation, Fairness, Status};
@@ -89,17 +89,10 @@ const MAX_POOL_AGENTS: u32 = 64;
 /// Numbers orchestrators, so that each has its own role on a shared kernel.
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
-/// One task as the pool's agents see it.
-struct Job {
-    id: Arc<str>,
-    factory: AgentFactory,
-    prompt: String,
-    params: Map<String, Value>,
-}
-
-/// The tasks of one call.
+/// The tasks of one call: the caller's specs (moved, not copied) and their ids.
 struct CallTable {
-    jobs: Vec<Job>,
+    specs: Vec<TaskSpec>,
+    ids: Vec<Arc<str>>,
     shared: Arc<Value>,
 }
 
@@ -285,22 +278,28 @@ impl ToolsOrchestrator {
     }
 
     /// Registers a call's tasks; the guard unregisters them.
-    fn register(&self, jobs: Vec<Job>) -> Result<(u64, CallGuard<'_>), ToolsError> {
-        if jobs.len() > u32::MAX as usize {
-            return Err(ToolsError::TooManyTasks(jobs.len()));
+    fn register(
+        &self,
+        specs: Vec<TaskSpec>,
+        ids: Vec<Arc<str>>,
+    ) -> Result<(u64, CallGuard<'_>, Arc<CallTable>), ToolsError> {
+        if specs.len() > u32::MAX as usize {
+            return Err(ToolsError::TooManyTasks(specs.len()));
         }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let table = Arc::new(CallTable {
-            jobs,
+            specs,
+            ids,
             shared: self.shared.clone(),
         });
-        self.registry.calls.write().insert(call, table);
+        self.registry.calls.write().insert(call, table.clone());
         Ok((
             call,
             CallGuard {
                 registry: &self.registry,
                 call,
             },
+            table,
         ))
     }
 }
@@ -316,17 +315,17 @@ async fn run_job(
             "no such task: its call has ended (the orchestrator's pool ran a stray task)",
         ));
     };
-    let Some(job) = table.jobs.get(idx) else {
+    let (Some(job), Some(id)) = (table.specs.get(idx), table.ids.get(idx)) else {
         return Err(TaskError::permanent("no such task in its call"));
     };
     let ctx = AgentContext {
-        task_id: job.id.clone(),
+        task_id: id.clone(),
         attempt,
         agent,
         shared: table.shared.clone(),
     };
     let run = AssertUnwindSafe(async {
-        let a = (job.factory)(&ctx);
+        let a = (job.agent_factory)(&ctx);
         a.run(&job.prompt, &job.params).await
     })
     .catch_unwind()

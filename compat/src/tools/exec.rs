@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::graph::{assign_ids, TaskGraph};
 use super::result::{Metrics, OrchestrationResult, TaskOutcome};
-use super::{Job, OrchestrationPolicy, TaskSpec, ToolsError, ToolsOrchestrator};
+use super::{CallTable, OrchestrationPolicy, TaskSpec, ToolsError, ToolsOrchestrator};
 
 /// Rounding slack of the budget check, so that 0.1 + 0.2 fits a budget of 0.3.
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -46,34 +46,10 @@ impl Budget {
     }
 }
 
-/// Per-task data the kernel task needs, taken before the specs move into the call table.
+/// A call's tasks, registered, and their cost estimates.
 struct Prepared {
-    ids: Vec<Arc<str>>,
+    table: Arc<CallTable>,
     costs: Vec<Option<f64>>,
-    timeouts: Vec<Option<std::time::Duration>>,
-    jobs: Vec<Job>,
-}
-
-fn prepare(specs: Vec<TaskSpec>, ids: Vec<Arc<str>>) -> Prepared {
-    let mut costs = Vec::with_capacity(specs.len());
-    let mut timeouts = Vec::with_capacity(specs.len());
-    let mut jobs = Vec::with_capacity(specs.len());
-    for (s, id) in specs.into_iter().zip(&ids) {
-        costs.push(s.cost_estimate());
-        timeouts.push(s.timeout);
-        jobs.push(Job {
-            id: id.clone(),
-            factory: s.agent_factory,
-            prompt: s.prompt,
-            params: s.params,
-        });
-    }
-    Prepared {
-        ids,
-        costs,
-        timeouts,
-        jobs,
-    }
 }
 
 /// The kernel task of job `idx` of `call`.
@@ -87,9 +63,9 @@ fn kernel_task(
 ) -> KernelTask {
     // Fields set in place: the `with_*` setters move the whole spec each time.
     let mut t = KernelTask::new(target.clone(), Value::from(call << 32 | idx as u64));
-    t.timeout = Some(p.timeouts[idx].unwrap_or(policy.timeout()));
+    t.timeout = Some(p.table.specs[idx].timeout.unwrap_or(policy.timeout()));
     t.retry = retry;
-    t.name = Some(p.ids[idx].clone());
+    t.name = Some(p.table.ids[idx].clone());
     t.cost = p.costs[idx];
     t
 }
@@ -125,8 +101,8 @@ pub(crate) async fn parallel(
 ) -> Result<OrchestrationResult, ToolsError> {
     let ids = assign_ids(&specs)?;
     o.ensure_capacity(policy.max_concurrency()).await?;
-    let mut p = prepare(specs, ids);
-    let n = p.ids.len();
+    let costs: Vec<Option<f64>> = specs.iter().map(TaskSpec::cost_estimate).collect();
+    let n = ids.len();
 
     // The budget is charged in submission order; a task that does not fit never enters the
     // kernel.
@@ -134,16 +110,16 @@ pub(crate) async fn parallel(
     if policy.cost_budget().is_some() {
         refused = vec![None; n];
         let mut budget = Budget::new(policy.cost_budget());
-        for i in offer_order(&p.costs, policy.fairness()) {
-            if let Err(why) = budget.charge(p.costs[i]) {
+        for i in offer_order(&costs, policy.fairness()) {
+            if let Err(why) = budget.charge(costs[i]) {
                 refused[i] = Some(why);
             }
         }
     }
     let admitted = |i: usize| refused.get(i).is_none_or(|r| r.is_none());
 
-    let jobs = std::mem::take(&mut p.jobs);
-    let (call, _guard) = o.register(jobs)?;
+    let (call, _guard, table) = o.register(specs, ids)?;
+    let p = Prepared { table, costs };
     let retry = policy.retry().to_kernel();
     let target = Target::role(&*o.role);
     let batch: Vec<KernelTask> = (0..n)
@@ -160,7 +136,7 @@ pub(crate) async fn parallel(
         && done.results.iter().any(|r| !r.outcome.is_success());
     let mut results = done.results.into_iter();
     let mut tasks = Vec::with_capacity(n);
-    for (i, id) in p.ids.iter().enumerate() {
+    for (i, id) in p.table.ids.iter().enumerate() {
         let t = match refused.get_mut(i).and_then(Option::take) {
             Some(why) => TaskOutcome::never_ran(id.clone(), Status::Skipped, why),
             None => match results.next() {
@@ -259,10 +235,11 @@ pub(crate) async fn graph(
         dependents,
     } = graph;
     o.ensure_capacity(policy.max_concurrency()).await?;
-    let mut p = prepare(specs, ids);
-    let n = p.ids.len();
-    let jobs = std::mem::take(&mut p.jobs);
-    let (call, _guard) = o.register(jobs)?;
+    let costs: Vec<Option<f64>> = specs.iter().map(TaskSpec::cost_estimate).collect();
+    let n = ids.len();
+    let (call, _guard, table) = o.register(specs, ids)?;
+    let p = Prepared { table, costs };
+    let ids = &p.table.ids;
     let retry = policy.retry().to_kernel();
     let target = Target::role(&*o.role);
     let max = policy.max_concurrency();
@@ -291,12 +268,8 @@ pub(crate) async fn graph(
         while running.len() < max && abort.is_none() {
             let Some(i) = ready.pop() else { break };
             if let Err(why) = budget.charge(p.costs[i]) {
-                outcomes[i] = Some(TaskOutcome::never_ran(
-                    p.ids[i].clone(),
-                    Status::Skipped,
-                    why,
-                ));
-                skip_dependents(i, &p.ids, &dependents, &mut outcomes);
+                outcomes[i] = Some(TaskOutcome::never_ran(ids[i].clone(), Status::Skipped, why));
+                skip_dependents(i, ids, &dependents, &mut outcomes);
                 continue;
             }
             match o
@@ -310,7 +283,7 @@ pub(crate) async fn graph(
                 }
                 Err(e) => {
                     outcomes[i] = Some(TaskOutcome::never_ran(
-                        p.ids[i].clone(),
+                        ids[i].clone(),
                         Status::Failed,
                         format!("could not be submitted: {e}"),
                     ));
@@ -318,7 +291,7 @@ pub(crate) async fn graph(
                         i,
                         cascading,
                         &mut abort,
-                        &p.ids,
+                        ids,
                         &dependents,
                         &mut outcomes,
                         &running_ids,
@@ -331,11 +304,11 @@ pub(crate) async fn graph(
             // Nothing new starts; what never started is cancelled (once).
             unstarted_cancelled = true;
             for i in ready.drain() {
-                cancel_unstarted(i, &p.ids, &abort, &mut outcomes);
+                cancel_unstarted(i, ids, &abort, &mut outcomes);
             }
             for i in 0..n {
                 if outcomes[i].is_none() && running_ids[i].is_none() {
-                    cancel_unstarted(i, &p.ids, &abort, &mut outcomes);
+                    cancel_unstarted(i, ids, &abort, &mut outcomes);
                 }
             }
         }
@@ -343,7 +316,7 @@ pub(crate) async fn graph(
             break;
         };
         running_ids[i] = None;
-        let mut t = TaskOutcome::from_kernel(p.ids[i].clone(), r);
+        let mut t = TaskOutcome::from_kernel(ids[i].clone(), r);
         let good = t.succeeded();
         if !good && t.status == Status::Cancelled {
             if let Some(why) = &abort {
@@ -363,7 +336,7 @@ pub(crate) async fn graph(
                 i,
                 cascading,
                 &mut abort,
-                &p.ids,
+                ids,
                 &dependents,
                 &mut outcomes,
                 &running_ids,
@@ -378,7 +351,7 @@ pub(crate) async fn graph(
         .map(|(i, t)| {
             t.unwrap_or_else(|| {
                 TaskOutcome::never_ran(
-                    p.ids[i].clone(),
+                    ids[i].clone(),
                     Status::Skipped,
                     "skipped: its dependencies never all succeeded".into(),
                 )
