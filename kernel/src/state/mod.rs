@@ -627,16 +627,24 @@ impl StateStore {
             )
             .map_err(self.m())?;
         let mut last: HashMap<u32, (u32, bool, Option<Timestamp>)> = HashMap::new();
+        let mut first: HashMap<u32, Timestamp> = HashMap::new();
         let mut q = st.query(rusqlite::params![lo, hi]).map_err(self.m())?;
         while let Some(r) = q.next().map_err(self.m())? {
             let no: u32 = r.get(0).map_err(self.m())?;
             let attempt: u32 = r.get(1).map_err(self.m())?;
             let state: String = r.get(2).map_err(self.m())?;
             let started = parse_ts(r.get(3).map_err(self.m())?);
+            if let Some(t) = started {
+                first.entry(no).or_insert(t);
+            }
             last.insert(no, (attempt, state == "running", started));
         }
         let mut rows = rows;
         for s in rows.iter_mut() {
+            // The step started when its first attempt did.
+            if s.started_at.is_none() {
+                s.started_at = first.get(&s.step_no).copied();
+            }
             if let Some((attempt, running, started)) = last.get(&s.step_no) {
                 s.attempts = s.attempts.max(*attempt);
                 if *running && !s.state.is_terminal() {
