@@ -673,3 +673,35 @@ async fn every_transition_is_an_event() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_inproc_function_fails_its_attempt_and_frees_the_slot() {
+    let k = kernel().await;
+    let d = InprocDriver::new(|t| async move {
+        if t.payload.as_str() == Some("boom") {
+            panic!("boom");
+        }
+        Ok(json!("fine"))
+    });
+    k.spawn_agent(AgentSpec::new("w", d.shared()))
+        .await
+        .expect("spawn");
+    let r = k
+        .run(TaskSpec::for_role("w", json!("boom")))
+        .await
+        .expect("run");
+    match &r.outcome {
+        Outcome::Failed(e) => assert!(e.message.contains("panicked: boom"), "{e:?}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // The agent's only slot is free again: the next task runs.
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        k.run(TaskSpec::for_role("w", json!("ok"))),
+    )
+    .await
+    .expect("the slot was released")
+    .expect("run");
+    assert_eq!(r.outcome, Outcome::Succeeded(json!("fine")));
+    k.shutdown(ShutdownMode::Graceful).await;
+}

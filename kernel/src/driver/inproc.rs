@@ -61,6 +61,15 @@ impl InprocDriver {
     }
 }
 
+fn panicked(p: &(dyn std::any::Any + Send)) -> TaskError {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    TaskError::new(format!("the task's function panicked: {msg}"))
+}
+
 struct InprocAgent {
     agent: AgentId,
     f: Arc<Handler>,
@@ -83,16 +92,24 @@ impl Driver for InprocDriver {
 #[async_trait]
 impl AgentHandle for InprocAgent {
     async fn execute(&self, task: TaskContext) -> Result<Value, TaskError> {
-        let fut = (self.f)(TaskInput {
+        use futures_util::FutureExt;
+        use std::panic::AssertUnwindSafe;
+        // A panic in the function (building its future, or polling it) is the attempt's
+        // error, never a lost worker holding a slot forever.
+        let input = TaskInput {
             task: task.task,
             attempt: task.attempt,
             agent: self.agent,
             payload: task.payload,
             cancel: task.cancel.clone(),
-        });
+        };
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.f)(input))) {
+            Ok(fut) => fut,
+            Err(p) => return Err(panicked(&*p)),
+        };
         tokio::select! {
             biased;
-            r = fut => r,
+            r = AssertUnwindSafe(fut).catch_unwind() => r.unwrap_or_else(|p| Err(panicked(&*p))),
             _ = task.cancel.cancelled() => Err(TaskError::new("interrupted")),
         }
     }
