@@ -16,9 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hive_plugin_api::{
-    export_plugin, AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate,
-    DelegateRequest, FailureInfo, HivePlugin, Hooks, LogLevel, OnFailure, PluginContext,
-    PluginError,
+    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DelegateRequest,
+    FailureInfo, HivePlugin, Hooks, LogLevel, OnFailure, PluginContext, PluginError,
 };
 
 pub use config::{Action, BreakerSettings, HealingSettings, Rule, Settings};
@@ -260,5 +259,3 @@ impl HivePlugin for Automation {
         Ok(())
     }
 }
-
-export_plugin!(Automation);

@@ -173,9 +173,11 @@ pub(crate) fn latency(v: &Value, at: &str) -> Result<Latency, String> {
         "uniform" => &["dist", "min", "max"],
         "exponential" => &["dist", "mean"],
         "lognormal" => &["dist", "median", "p99"],
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{at}.dist: expected `fixed`, `uniform`, `exponential` or `lognormal`, found `{other}`"
-        )),
+        ))
+        }
     };
     if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(format!(
@@ -330,7 +332,10 @@ mod tests {
             "mock.failure_rate: expected a rate between 0 and 1, found 1.5"
         );
         let e = Config::parse(r#"{"mock": {"roles": {"a": {"bogus": 1}}}}"#).expect_err("key");
-        assert!(e.starts_with("mock.roles.a.bogus: unknown field `bogus`"), "{e}");
+        assert!(
+            e.starts_with("mock.roles.a.bogus: unknown field `bogus`"),
+            "{e}"
+        );
         let e = Config::parse(r#"{"mock": {"latency_ms": {"dist": "uniform", "min": 5}}}"#)
             .expect_err("max");
         assert_eq!(e, "mock.latency_ms: missing `max`");

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hive_plugin_api::{
-    export_plugin, AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate,
-    DelegateRequest, DriverRequest, DriverStep, HivePlugin, Hooks, Metric, PluginContext,
-    PluginError, RunEvent, TargetKind, TaskCompletion, TaskEvent,
+    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DelegateRequest,
+    DriverRequest, DriverStep, HivePlugin, Hooks, Metric, PluginContext, PluginError, RunEvent,
+    TargetKind, TaskCompletion, TaskEvent,
 };
 use serde_json::{json, Value};
 
@@ -379,5 +379,3 @@ impl HivePlugin for Development {
         Ok(())
     }
 }
-
-export_plugin!(Development);

@@ -31,7 +31,11 @@ pub(crate) fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
 /// dispatch path.
 pub(crate) fn task_key(name: &str, task: u64, payload: &str) -> [u8; 8] {
     let id = task.to_le_bytes();
-    let first: &[u8] = if name.is_empty() { &id } else { name.as_bytes() };
+    let first: &[u8] = if name.is_empty() {
+        &id
+    } else {
+        name.as_bytes()
+    };
     hash(0, &[first, payload.as_bytes()]).to_le_bytes()
 }
 

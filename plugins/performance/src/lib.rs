@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use hive_plugin_api::{
-    export_plugin, AgentEvent, AttemptEvent, HivePlugin, Hooks, PluginContext, PluginError,
-};
+use hive_plugin_api::{AgentEvent, AttemptEvent, HivePlugin, Hooks, PluginContext, PluginError};
 use serde_json::{json, Value};
 
 use crate::config::{Benchmark, Settings};
@@ -260,5 +258,3 @@ impl HivePlugin for Performance {
         Ok(())
     }
 }
-
-export_plugin!(Performance);

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hive_plugin_api::{
-    export_plugin, AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, FailureInfo,
-    HivePlugin, Hooks, OnFailure, PluginContext, PluginError, TargetKind,
+    AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, FailureInfo, HivePlugin, Hooks,
+    OnFailure, PluginContext, PluginError, TargetKind,
 };
 
 use crate::config::Settings;
@@ -214,5 +214,3 @@ impl HivePlugin for Production {
         Ok(())
     }
 }
-
-export_plugin!(Production);
