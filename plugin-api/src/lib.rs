@@ -16,6 +16,7 @@
 #![allow(non_local_definitions)] // abi_stable's derive and sabi_trait expand to such impls.
 #![allow(missing_debug_implementations)] // generated trait-object and vtable types.
 
+mod helpers;
 mod sdk;
 mod types;
 
@@ -29,6 +30,7 @@ use abi_stable::{
 };
 
 pub use abi_stable;
+pub use helpers::{parse_config, Ticker};
 pub use sdk::{instantiate, linked_module, manifest_of, ForwardLayer, HivePlugin, PluginContext};
 pub use types::*;
 

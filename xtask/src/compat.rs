@@ -85,7 +85,7 @@ pub fn build(root: &Path) -> Result<()> {
     for (variant, version, strip) in [("v1_0", "1.0.0", true), ("v2_0", "2.0.0", false)] {
         let api = out.join(format!("api-{variant}"));
         fs::create_dir_all(api.join("src"))?;
-        for f in ["lib.rs", "sdk.rs", "types.rs"] {
+        for f in ["lib.rs", "sdk.rs", "types.rs", "helpers.rs"] {
             let text = fs::read_to_string(api_src.join(f))
                 .with_context(|| format!("reading plugin-api/src/{f}"))?;
             let text = if strip { strip_since(&text) } else { text };
@@ -96,7 +96,8 @@ pub fn build(root: &Path) -> Result<()> {
             format!(
                 "[package]\nname = \"hive-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\npublish = false\n\n\
                  [dependencies]\nabi_stable = \"0.11\"\ntracing = \"0.1\"\n\
-                 tracing-subscriber = {{ version = \"0.3\", default-features = false, features = [\"registry\", \"std\"] }}\n"
+                 tracing-subscriber = {{ version = \"0.3\", default-features = false, features = [\"registry\", \"std\"] }}\n\
+                 serde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\nserde_path_to_error = \"0.1\"\n"
             ),
         )?;
         let plugin = out.join(format!("plugin-{variant}"));

@@ -227,21 +227,7 @@ fn secs_to_ms(key: &str, s: f64) -> Result<u64, PluginError> {
 impl Settings {
     /// Reads and checks the config (a JSON object).
     pub fn from_json(config_json: &str) -> Result<Self, PluginError> {
-        let mut de = serde_json::Deserializer::from_str(config_json);
-        let raw: Raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            // The position is in the JSON the kernel made of the TOML table: no help.
-            let inner = e.into_inner().to_string();
-            let inner = match inner.rfind(" at line ") {
-                Some(i) => &inner[..i],
-                None => &inner,
-            };
-            if path.is_empty() || path == "." {
-                PluginError::config(inner)
-            } else {
-                bad(&path, inner)
-            }
-        })?;
+        let raw: Raw = hive_plugin_api::parse_config(config_json)?;
         let b = raw.breaker;
         let window_ms = secs_to_ms("breaker.window_s", b.window_s)?;
         if b.min_calls == 0 {

@@ -10,14 +10,12 @@ mod breaker;
 mod config;
 mod engine;
 
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hive_plugin_api::{
     AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DelegateRequest,
-    FailureInfo, HivePlugin, Hooks, LogLevel, OnFailure, PluginContext, PluginError,
+    FailureInfo, HivePlugin, Hooks, LogLevel, OnFailure, PluginContext, PluginError, Ticker,
 };
 
 pub use config::{Action, BreakerSettings, HealingSettings, Rule, Settings};
@@ -55,13 +53,6 @@ fn apply(ctx: &PluginContext, fx: Vec<Effect>) {
     }
 }
 
-/// The ticker thread and the way to stop it.
-#[derive(Debug)]
-struct Ticker {
-    stop: mpsc::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
 /// The plugin: one instance per `[[plugins]]` entry.
 #[derive(Debug)]
 pub struct Automation {
@@ -76,28 +67,20 @@ fn start_ticker(
     engine: Arc<Engine>,
     clock: Clock,
 ) -> Result<Ticker, PluginError> {
-    let (stop, rx) = mpsc::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("automation-ticker".into())
-        .spawn(move || loop {
-            match rx.recv_timeout(TICK) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-            let (fx, restarts_due) = engine.tick(clock.now(), Clock::unix_ms());
+    Ticker::start("automation-ticker", TICK, move || {
+        let (fx, restarts_due) = engine.tick(clock.now(), Clock::unix_ms());
+        apply(&ctx, fx);
+        if restarts_due {
+            // Never under the engine's lock: the health report asks for our status.
+            let health: serde_json::Value =
+                serde_json::from_str(&ctx.health_json()).unwrap_or_default();
+            let fx = engine.run_restarts(clock.now(), &health, &mut |role| {
+                ctx.spawn_agent(role).map_err(|e| e.to_string())
+            });
             apply(&ctx, fx);
-            if restarts_due {
-                // Never under the engine's lock: the health report asks for our status.
-                let health: serde_json::Value =
-                    serde_json::from_str(&ctx.health_json()).unwrap_or_default();
-                let fx = engine.run_restarts(clock.now(), &health, &mut |role| {
-                    ctx.spawn_agent(role).map_err(|e| e.to_string())
-                });
-                apply(&ctx, fx);
-            }
-        })
-        .map_err(|e| PluginError::init(format!("cannot start the ticker thread: {e}")))?;
-    Ok(Ticker { stop, thread })
+        }
+    })
+    .map_err(|e| PluginError::init(format!("cannot start the ticker thread: {e}")))
 }
 
 impl HivePlugin for Automation {
@@ -243,14 +226,7 @@ impl HivePlugin for Automation {
         self.engine.stop();
         let ticker = self.ticker.lock().map(|mut t| t.take()).unwrap_or(None);
         if let Some(t) = ticker {
-            let _ = t.stop.send(());
-            let end = Instant::now() + JOIN_WITHIN;
-            while !t.thread.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.thread.is_finished() {
-                let _ = t.thread.join();
-            } else {
+            if !t.stop(JOIN_WITHIN) {
                 self.ctx
                     .log(LogLevel::WARN, "the ticker thread did not stop in time");
             }

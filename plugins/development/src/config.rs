@@ -247,23 +247,7 @@ fn check_sum(p: &Profile, at: &str) -> Result<(), String> {
 impl Config {
     /// Parses and validates the config JSON; the error names the key.
     pub(crate) fn parse(json: &str) -> Result<(Config, Profiles), String> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            // serde_json's position ("at line 1 column N") is about the JSON the kernel made
-            // from the TOML table, which means nothing to the user: drop it.
-            let inner = inner
-                .split(" at line ")
-                .next()
-                .unwrap_or(&inner)
-                .to_string();
-            if path == "." {
-                inner
-            } else {
-                format!("{path}: {inner}")
-            }
-        })?;
+        let cfg: Config = hive_plugin_api::parse_config(json).map_err(|e| e.message.to_string())?;
         let m = &cfg.mock;
         let default = Profile {
             latency: match &m.latency_ms {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hive_plugin_api::{
     AgentEvent, AgentFailure, AgentStateChange, AttemptEvent, Delegate, DelegateRequest,
     DriverRequest, DriverStep, HivePlugin, Hooks, Metric, PluginContext, PluginError, RunEvent,
-    TargetKind, TaskCompletion, TaskEvent,
+    TargetKind, TaskCompletion, TaskEvent, Ticker,
 };
 use serde_json::{json, Value};
 
@@ -47,13 +47,6 @@ struct MockStats {
     crashed: AtomicU64,
 }
 
-/// Stops the flusher thread.
-#[derive(Debug, Default)]
-struct Stop {
-    flag: Mutex<bool>,
-    cv: std::sync::Condvar,
-}
-
 /// The plugin.
 #[derive(Debug)]
 pub struct Development {
@@ -66,8 +59,7 @@ pub struct Development {
     delayed: Mutex<HashSet<u64>>,
     trace: Option<Arc<Trace>>,
     mock: MockStats,
-    stop: Arc<Stop>,
-    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    flusher: Option<Ticker>,
     shut: AtomicBool,
 }
 
@@ -123,29 +115,19 @@ impl HivePlugin for Development {
         } else {
             None
         };
-        let stop = Arc::new(Stop::default());
         let flusher = match &trace {
             Some(t) => {
-                let (t, stop) = (t.clone(), stop.clone());
-                let h = std::thread::Builder::new()
-                    .name("hive-development-trace".into())
-                    .spawn(move || loop {
-                        let Ok(g) = stop.flag.lock() else { return };
-                        let (g, _) = match stop.cv.wait_timeout(g, Duration::from_millis(100)) {
-                            Ok(x) => x,
-                            Err(_) => return,
-                        };
-                        let done = *g;
-                        drop(g);
-                        t.flush();
-                        if done {
-                            return;
-                        }
-                    })
+                let t = t.clone();
+                Some(
+                    Ticker::start(
+                        "hive-development-trace",
+                        Duration::from_millis(100),
+                        move || t.flush(),
+                    )
                     .map_err(|e| {
                         PluginError::init(format!("cannot start the trace flusher: {e}"))
-                    })?;
-                Some(h)
+                    })?,
+                )
             }
             None => None,
         };
@@ -163,8 +145,7 @@ impl HivePlugin for Development {
             delayed: Mutex::new(HashSet::new()),
             trace,
             mock: MockStats::default(),
-            stop,
-            flusher: Mutex::new(flusher),
+            flusher,
             shut: AtomicBool::new(false),
         })
     }
@@ -366,12 +347,8 @@ impl HivePlugin for Development {
         if self.shut.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Ok(mut g) = self.stop.flag.lock() {
-            *g = true;
-        }
-        self.stop.cv.notify_all();
-        if let Some(h) = self.flusher.lock().ok().and_then(|mut f| f.take()) {
-            let _ = h.join();
+        if let Some(f) = &self.flusher {
+            f.stop(Duration::from_secs(1));
         }
         if let Some(t) = &self.trace {
             t.flush();

@@ -8,7 +8,6 @@
 mod config;
 mod report;
 mod stats;
-mod ticker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Benchmark, Settings};
 use crate::stats::{BenchProgress, Stats};
-use crate::ticker::Ticker;
+use hive_plugin_api::Ticker;
 
 /// How long `shutdown` waits for the ticker thread.
 const STOP_BOUND: Duration = Duration::from_secs(2);

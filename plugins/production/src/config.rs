@@ -114,23 +114,7 @@ impl Settings {
 
     /// Parses and validates the config JSON; the error names the key.
     pub(crate) fn parse(json: &str) -> Result<Settings, String> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            // serde_json's position is about the JSON the kernel made from the TOML table,
-            // which means nothing to the user: drop it.
-            let inner = inner
-                .split(" at line ")
-                .next()
-                .unwrap_or(&inner)
-                .to_string();
-            if path == "." {
-                inner
-            } else {
-                format!("{path}: {inner}")
-            }
-        })?;
+        let raw: Raw = hive_plugin_api::parse_config(json).map_err(|e| e.message.to_string())?;
         if !(raw.window_s.is_finite() && raw.window_s >= 0.1 && raw.window_s <= 86_400.0) {
             return Err(format!(
                 "window_s: expected a number of seconds in 0.1..=86400, found {}",

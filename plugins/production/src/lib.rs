@@ -7,7 +7,6 @@
 
 mod config;
 mod control;
-mod ticker;
 mod window;
 
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use hive_plugin_api::{
 
 use crate::config::Settings;
 use crate::control::{Action, Controller, HealthView};
-use crate::ticker::Ticker;
+use hive_plugin_api::Ticker;
 
 /// How long `shutdown` waits for the ticker thread.
 const STOP_BOUND: Duration = Duration::from_secs(2);
