@@ -131,6 +131,43 @@ fn a_mock_crash_kills_the_agent_for_real() {
 }
 
 #[test]
+fn a_pool_that_crashed_to_nothing_fails_its_waiting_tasks_instead_of_hanging() {
+    let dir = scratch("dev-starved");
+    // Every mock attempt crashes its agent: after two crashes the role has no agent, and the
+    // tasks still waiting fail once the starvation timeout passes (no hang).
+    let path = dir.join("hive.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kernel]\nstarved_role_timeout_s = 0.3\n\n[[pools]]\nrole = \"sim\"\ndriver = \"mock\"\nsize = 2\n\n[[plugins]]\npath = \"{}\"\n[plugins.config.mock]\nlatency_ms = 5\ncrash_rate = 1.0\n",
+            official_plugin("development").display()
+        ),
+    )
+    .expect("write");
+    let tasks = tasks_file(&dir, "sim", 6);
+    let out = Hive::new(&dir)
+        .args(["run", "--tasks", &tasks, "--config"])
+        .args([&path])
+        .args(["--json"])
+        .run();
+    assert_eq!(out.code, 1, "{out}");
+    let r = out.json();
+    let starved = r["tasks"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|t| {
+                    t["errors"]
+                        .to_string()
+                        .contains("no agent of role `sim` was alive")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(starved >= 4, "{r}");
+}
+
+#[test]
 fn fault_injection_fails_the_configured_share_of_a_roles_tasks() {
     let dir = scratch("dev-fault-rate");
     let cfg = config(

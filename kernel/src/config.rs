@@ -73,6 +73,10 @@ fn d_plugin_window() -> f64 {
     60.0
 }
 
+fn d_starved() -> f64 {
+    30.0
+}
+
 /// `[[plugins]]`: one plugin to load, in order.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +131,9 @@ pub struct KernelSection {
     /// ...within this many seconds.
     #[serde(default = "d_plugin_window")]
     pub plugin_error_window_s: f64,
+    /// Tasks waiting for a role with no live agent for this long fail (0: wait forever).
+    #[serde(default = "d_starved")]
+    pub starved_role_timeout_s: f64,
 }
 
 impl Default for KernelSection {
@@ -141,6 +148,7 @@ impl Default for KernelSection {
             output_tail_kib: d_tail(),
             plugin_max_errors: d_plugin_errors(),
             plugin_error_window_s: d_plugin_window(),
+            starved_role_timeout_s: d_starved(),
         }
     }
 }
@@ -410,6 +418,12 @@ impl Config {
             });
         }
         secs(path, text, "plugin_error_window_s", k.plugin_error_window_s)?;
+        secs(
+            path,
+            text,
+            "starved_role_timeout_s",
+            k.starved_role_timeout_s,
+        )?;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -526,6 +540,9 @@ impl Config {
             .event_capacity(k.event_buffer);
         if let Some(s) = k.seed {
             b.seed(s);
+        }
+        if k.starved_role_timeout_s > 0.0 {
+            b.starved_role_timeout(Duration::from_secs_f64(k.starved_role_timeout_s));
         }
         b
     }

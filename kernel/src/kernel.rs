@@ -191,6 +191,7 @@ pub struct KernelBuilder {
     queue_capacity: usize,
     event_capacity: usize,
     seed: Option<u64>,
+    starved_role_timeout: Option<Duration>,
 }
 
 impl Default for KernelBuilder {
@@ -201,6 +202,7 @@ impl Default for KernelBuilder {
             queue_capacity: 10_000,
             event_capacity: 8192,
             seed: None,
+            starved_role_timeout: None,
         }
     }
 }
@@ -233,6 +235,15 @@ impl KernelBuilder {
     /// Seed of retry jitter and of power-of-two choices (reproducible runs).
     pub fn seed(&mut self, seed: u64) -> &mut Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Fails the tasks waiting for a role that has had no live agent (none starting,
+    /// ready, busy or draining) for this long: "nothing can run it" instead of waiting
+    /// forever (Airflow's queued-task timeout, Temporal's schedule-to-start). Off by default;
+    /// `hive` sets it from `[kernel] starved_role_timeout_s` (default 30 s).
+    pub fn starved_role_timeout(&mut self, d: Duration) -> &mut Self {
+        self.starved_role_timeout = Some(d);
         self
     }
 
@@ -274,6 +285,7 @@ impl KernelBuilder {
             completed: AtomicU64::new(0),
             plugins: std::sync::OnceLock::new(),
             templates: DashMap::new(),
+            starved_role_timeout: self.starved_role_timeout,
         });
         Ok(Kernel { inner })
     }
@@ -343,6 +355,8 @@ pub(crate) struct RoleState {
     pub(crate) agents: RwLock<Vec<Arc<AgentCell>>>,
     rr: AtomicUsize,
     pub(crate) stats: RoleStats,
+    /// A starvation check is pending.
+    starve_armed: AtomicBool,
 }
 
 impl RoleState {
@@ -361,6 +375,7 @@ impl RoleState {
             capacity,
             agents: RwLock::new(Vec::new()),
             rr: AtomicUsize::new(0),
+            starve_armed: AtomicBool::new(false),
             stats: RoleStats::new(),
         }
     }
@@ -453,6 +468,8 @@ pub(crate) struct Inner {
     /// Per role, how to build one more agent (pools register theirs; plugins' `spawn_agent`
     /// copies them).
     templates: DashMap<Arc<str>, AgentSpec>,
+    /// See [`KernelBuilder::starved_role_timeout`].
+    starved_role_timeout: Option<Duration>,
 }
 
 impl Kernel {
@@ -823,11 +840,73 @@ impl Inner {
                 let reason: Arc<str> = Arc::from(e.message);
                 cell.mark_failed(&self.bus, &reason);
                 self.retire(id);
+                self.watch_starvation(&role);
                 Err(SpawnError::Start {
                     role: spec.role.clone(),
                     reason,
                 })
             }
+        }
+    }
+
+    /// Whether an agent of `role` is alive (starting, ready, busy or draining).
+    fn role_has_live_agent(&self, role: &RoleState) -> bool {
+        if !role.agents.read().is_empty() {
+            return true;
+        }
+        // Starting agents are not routable yet, but they will be.
+        self.agents
+            .iter()
+            .any(|a| a.role == role.name && !a.state().is_terminal())
+    }
+
+    /// Arms the starvation check of `role` (if configured, not armed yet, and nobody serves
+    /// it): after the timeout, if still nobody does, its waiting tasks fail.
+    fn watch_starvation(&self, role: &Arc<RoleState>) {
+        let Some(after) = self.starved_role_timeout else {
+            return;
+        };
+        if role.starve_armed.load(Ordering::Acquire)
+            || role.queue.len() == 0
+            || self.role_has_live_agent(role)
+            || role.starve_armed.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (me, role) = (self.me.clone(), role.clone());
+        self.rt.spawn(async move {
+            tokio::time::sleep(after).await;
+            role.starve_armed.store(false, Ordering::Release);
+            if let Some(k) = me.upgrade() {
+                k.starve(&role, after);
+            }
+        });
+    }
+
+    /// Fails the tasks waiting for `role` if it still has no live agent.
+    fn starve(&self, role: &Arc<RoleState>, after: Duration) {
+        if self.role_has_live_agent(role) || self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let items = role.queue.drain();
+        if items.is_empty() {
+            return;
+        }
+        tracing::warn!(role = %role.name, tasks = items.len(), "no live agent of the role for {}: failing its waiting tasks", fmt_dur(after));
+        for item in items {
+            let entry = item.entry;
+            let mut st = entry.st.lock();
+            if !matches!(st.phase, Phase::Queued { .. }) {
+                continue;
+            }
+            let e = TaskError::permanent(format!(
+                "no agent of role `{}` was alive for {}: nothing could run it (keep the role's pool alive, or raise starved_role_timeout_s)",
+                role.name,
+                fmt_dur(after)
+            ));
+            let fin = self.close_locked(&mut st, Outcome::Failed(e));
+            drop(st);
+            self.complete(&entry, fin);
         }
     }
 
@@ -872,6 +951,9 @@ impl Inner {
         agent.lost.cancel();
         self.detach(&agent);
         self.retire(id);
+        if let Some(role) = self.roles.get(&agent.role).map(|r| r.clone()) {
+            self.watch_starvation(&role);
+        }
         if let Some(h) = agent.handle.get().cloned() {
             self.rt
                 .spawn(async move { h.stop(ShutdownMode::Now).await });
@@ -897,6 +979,9 @@ impl Inner {
         }
         if agent.mark_stopped(&self.bus) {
             self.retire(id);
+        }
+        if let Some(role) = self.roles.get(&agent.role).map(|r| r.clone()) {
+            self.watch_starvation(&role);
         }
         Ok(())
     }
@@ -1238,7 +1323,13 @@ impl Inner {
         };
         match queue.push(entry, permit, &self.bus) {
             Pushed::Queued(key) => {
+                let in_role_queue = self.starved_role_timeout.is_some()
+                    && matches!(entry.spec.target, Target::Role(_))
+                    && Arc::ptr_eq(&queue, &entry.route.queue);
                 st.phase = Phase::Queued { queue, key };
+                if in_role_queue {
+                    self.watch_starvation(&entry.route);
+                }
                 None
             }
             Pushed::Handoff(agent) => {

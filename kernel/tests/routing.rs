@@ -705,3 +705,72 @@ async fn a_panicking_inproc_function_fails_its_attempt_and_frees_the_slot() {
     assert_eq!(r.outcome, Outcome::Succeeded(json!("fine")));
     k.shutdown(ShutdownMode::Graceful).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_role_left_without_agents_fail_after_the_starvation_timeout() {
+    let k = Kernel::builder()
+        .seed(1)
+        .starved_role_timeout(Duration::from_millis(200))
+        .build()
+        .expect("kernel");
+    let slow = InprocDriver::new(|t| async move {
+        tokio::time::sleep(Duration::from_millis(if *t.payload == json!("slow") {
+            5000
+        } else {
+            1
+        }))
+        .await;
+        Ok(json!("done"))
+    });
+    let a = k
+        .spawn_agent(AgentSpec::new("w", slow.clone().shared()))
+        .await
+        .expect("spawn");
+    let running = k
+        .submit(TaskSpec::for_role("w", json!("slow")))
+        .await
+        .expect("submit");
+    let waiting = k
+        .submit(TaskSpec::for_role("w", json!("quick")))
+        .await
+        .expect("submit");
+    // The only agent dies: the running task is lost with it, the waiting one has nobody.
+    assert!(k.kill_agent(a, "test kill"));
+    let r = running.await;
+    assert_eq!(r.status(), Status::Failed, "{r:?}");
+    let t0 = std::time::Instant::now();
+    let r = waiting.await;
+    match &r.outcome {
+        Outcome::Failed(e) => assert!(
+            e.message.contains("no agent of role `w` was alive"),
+            "{e:?}"
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "waited for the timeout"
+    );
+
+    // A role that gets an agent back in time keeps its tasks.
+    let b = k
+        .spawn_agent(AgentSpec::new("w", slow.clone().shared()))
+        .await
+        .expect("spawn");
+    let running = k
+        .submit(TaskSpec::for_role("w", json!("slow")))
+        .await
+        .expect("submit");
+    let waiting = k
+        .submit(TaskSpec::for_role("w", json!("quick")))
+        .await
+        .expect("submit");
+    assert!(k.kill_agent(b, "test kill"));
+    k.spawn_agent(AgentSpec::new("w", slow.shared()))
+        .await
+        .expect("spawn");
+    let r = waiting.await;
+    assert_eq!(r.outcome, Outcome::Succeeded(json!("done")));
+    let _ = running.await;
+    k.shutdown(ShutdownMode::Now).await;
+}

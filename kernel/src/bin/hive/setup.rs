@@ -23,7 +23,13 @@ pub(crate) fn build_kernel_with(
 ) -> Result<Kernel, Exit> {
     let mut builder = match config {
         Some(c) => c.kernel_builder(),
-        None => Kernel::builder(),
+        None => {
+            let mut b = Kernel::builder();
+            b.starved_role_timeout(std::time::Duration::from_secs_f64(
+                hive_kernel::KernelSection::default().starved_role_timeout_s,
+            ));
+            b
+        }
     };
     adjust(&mut builder);
     let kernel = builder.build()?;
