@@ -55,22 +55,15 @@ async fn list(path: PathBuf, json: bool) -> Result<u8, Exit> {
     } else if plugins.is_empty() {
         say!("no [[plugins]] in {}", path.display());
     } else {
-        say!(
-            "{:<16} {:<9} {:<12} {:<48} PATH",
-            "NAME",
-            "VERSION",
-            "STATE",
-            "HOOKS"
-        );
+        say!("{:<16} {:<9} {:<12} PATH", "NAME", "VERSION", "STATE");
         for p in &plugins {
-            say!(
-                "{:<16} {:<9} {:<12} {:<48} {}",
-                p.name,
-                p.version,
-                p.state,
-                p.hooks.join(","),
-                p.path
-            );
+            say!("{:<16} {:<9} {:<12} {}", p.name, p.version, p.state, p.path);
+            if !p.hooks.is_empty() {
+                say!("  hooks: {}", p.hooks.join(", "));
+            }
+            if !p.drivers.is_empty() {
+                say!("  drivers: {}", p.drivers.join(", "));
+            }
             if let Some(r) = &p.reason {
                 say!("  reason: {r}");
             }
