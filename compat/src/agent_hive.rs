@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hive_kernel::{
@@ -46,15 +48,22 @@ impl OfficialPlugin {
         }
     }
 
-    /// Its root module, linked into this program.
+    /// Its root module, linked into this program (built once: a root module is leaked).
     fn linked(self) -> hive_plugin_api::PluginMod_Ref {
-        use hive_plugin_api::linked_module;
-        match self {
-            OfficialPlugin::Production => linked_module::<hive_production::Production>(),
-            OfficialPlugin::Performance => linked_module::<hive_performance::Performance>(),
-            OfficialPlugin::Automation => linked_module::<hive_automation::Automation>(),
-            OfficialPlugin::Development => linked_module::<hive_development::Development>(),
-        }
+        use hive_plugin_api::{linked_module, PluginMod_Ref};
+        static MODULES: [OnceLock<PluginMod_Ref>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        let (slot, make): (usize, fn() -> PluginMod_Ref) = match self {
+            OfficialPlugin::Production => (0, linked_module::<hive_production::Production>),
+            OfficialPlugin::Performance => (1, linked_module::<hive_performance::Performance>),
+            OfficialPlugin::Automation => (2, linked_module::<hive_automation::Automation>),
+            OfficialPlugin::Development => (3, linked_module::<hive_development::Development>),
+        };
+        *MODULES[slot].get_or_init(make)
     }
 }
 
@@ -394,13 +403,11 @@ impl OrchestratorBuilder {
             };
             kernel.load_plugins(&specs, policy, &dir)?;
         }
-        let mut roles: Vec<String> = Vec::new();
         if let Some(c) = &config {
             c.check_drivers(&kernel.plugin_drivers())?;
             for pool in c.pools(&kernel) {
                 let _ = kernel.declare_role(&*pool.role, pool.role_config);
                 kernel.register_template(pool.spec.clone());
-                roles.push(pool.role.to_string());
                 for _ in 0..pool.size {
                     kernel.spawn_agent(pool.spec.clone()).await?;
                 }
@@ -409,12 +416,11 @@ impl OrchestratorBuilder {
         for t in &self.templates {
             self.declare(&kernel, &t.role);
             kernel.register_template(t.clone());
-            roles.push(t.role.to_string());
         }
         Ok(Orchestrator {
             kernel,
             bundle: self.bundle,
-            roles: parking_lot::Mutex::new(roles),
+            labels: AtomicU64::new(0),
         })
     }
 
@@ -464,7 +470,8 @@ impl OrchestratorBuilder {
 pub struct Orchestrator {
     kernel: Kernel,
     bundle: Bundle,
-    roles: parking_lot::Mutex<Vec<String>>,
+    /// Tasks delegated without an id so far (their labels are `task-N`).
+    labels: AtomicU64,
 }
 
 fn parse_agent(id: &str) -> Result<AgentId, CompatError> {
@@ -494,19 +501,17 @@ impl Orchestrator {
     /// Spawns one more agent of `role` (from its template; a mock agent for a role without
     /// one in the development and demo bundles). Returns its id (`agent-N`).
     pub async fn spawn_agent(&self, role: &str) -> Result<String, CompatError> {
-        let known = self.roles.lock().iter().any(|r| r == role);
-        if !known {
-            if self.bundle.mocks_unknown_roles() {
-                let spec = AgentSpec::new(role, self.kernel.plugin_driver("mock"));
-                let _ = self.kernel.declare_role(role, RoleConfig::new());
-                self.kernel.register_template(spec);
-                self.roles.lock().push(role.to_string());
-            } else {
+        let known = self.kernel.template_roles();
+        if !known.iter().any(|r| r == role) {
+            if !self.bundle.mocks_unknown_roles() {
                 return Err(CompatError::UnknownRole {
                     role: role.to_string(),
-                    known: self.roles.lock().join(", "),
+                    known: known.join(", "),
                 });
             }
+            let spec = AgentSpec::new(role, self.kernel.plugin_driver("mock"));
+            let _ = self.kernel.declare_role(role, RoleConfig::new());
+            self.kernel.register_template(spec);
         }
         let id = self.kernel.spawn_from_template(role).await?;
         Ok(id.to_string())
@@ -527,7 +532,7 @@ impl Orchestrator {
         let label = task
             .id
             .clone()
-            .unwrap_or_else(|| format!("task-{}", self.kernel.health().tasks_completed + 1));
+            .unwrap_or_else(|| format!("task-{}", self.labels.fetch_add(1, Ordering::Relaxed) + 1));
         let mut spec = TaskSpec::new(target, task.payload)
             .with_name(&label)
             .with_priority(task.priority);

@@ -11,7 +11,6 @@
 
 mod expr;
 mod translate;
-mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -162,7 +161,7 @@ pub struct Translation {
     source: PathBuf,
     plan: Value,
     inputs: Vec<translate::Input>,
-    positions: yaml::Positions,
+    positions: hive_kernel::Positions,
 }
 
 /// Reads and translates a pipeline file.

@@ -711,6 +711,18 @@ impl Kernel {
         self.inner.templates.insert(spec.role.clone(), spec);
     }
 
+    /// The roles with an agent template, sorted.
+    pub fn template_roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .inner
+            .templates
+            .iter()
+            .map(|t| t.key().to_string())
+            .collect();
+        roles.sort();
+        roles
+    }
+
     /// Spawns one more agent of `role` from its template.
     pub async fn spawn_from_template(&self, role: &str) -> Result<AgentId, SpawnError> {
         let spec = self
@@ -866,9 +878,10 @@ impl Inner {
         let Some(after) = self.starved_role_timeout else {
             return;
         };
+        // Cheapest first: this runs for every task queued in a role while the timeout is on.
         if role.starve_armed.load(Ordering::Acquire)
-            || role.queue.len() == 0
             || self.role_has_live_agent(role)
+            || role.queue.len() == 0
             || role.starve_armed.swap(true, Ordering::AcqRel)
         {
             return;

@@ -51,7 +51,10 @@ pub use kernel::{
     BatchOptions, BatchResult, Cancellation, Dispatch, Fairness, Kernel, KernelBuilder, RoleConfig,
     TaskHandle,
 };
-pub use plan::{OnFailure, Plan, PlanError, Problem, ProblemKind};
+pub use plan::{
+    parse_yaml, path_element, path_member, OnFailure, Plan, PlanError, Pos, Positions, Problem,
+    ProblemKind, SyntaxError,
+};
 pub use plugin::{
     inspect as inspect_plugin, search_path as plugin_search_path, LinkedPlugin, LoadErrorKind,
     PluginHealth, PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,

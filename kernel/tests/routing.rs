@@ -722,18 +722,23 @@ async fn tasks_of_a_role_left_without_agents_fail_after_the_starvation_timeout()
         .await;
         Ok(json!("done"))
     });
-    let a = k
-        .spawn_agent(AgentSpec::new("w", slow.clone().shared()))
-        .await
-        .expect("spawn");
-    let running = k
-        .submit(TaskSpec::for_role("w", json!("slow")))
-        .await
-        .expect("submit");
-    let waiting = k
-        .submit(TaskSpec::for_role("w", json!("quick")))
-        .await
-        .expect("submit");
+    // One agent busy with a slow task, and a task waiting behind it.
+    let busy_agent_and_a_waiting_task = || async {
+        let agent = k
+            .spawn_agent(AgentSpec::new("w", slow.clone().shared()))
+            .await
+            .expect("spawn");
+        let running = k
+            .submit(TaskSpec::for_role("w", json!("slow")))
+            .await
+            .expect("submit");
+        let waiting = k
+            .submit(TaskSpec::for_role("w", json!("quick")))
+            .await
+            .expect("submit");
+        (agent, running, waiting)
+    };
+    let (a, running, waiting) = busy_agent_and_a_waiting_task().await;
     // The only agent dies: the running task is lost with it, the waiting one has nobody.
     assert!(k.kill_agent(a, "test kill"));
     let r = running.await;
@@ -753,20 +758,9 @@ async fn tasks_of_a_role_left_without_agents_fail_after_the_starvation_timeout()
     );
 
     // A role that gets an agent back in time keeps its tasks.
-    let b = k
-        .spawn_agent(AgentSpec::new("w", slow.clone().shared()))
-        .await
-        .expect("spawn");
-    let running = k
-        .submit(TaskSpec::for_role("w", json!("slow")))
-        .await
-        .expect("submit");
-    let waiting = k
-        .submit(TaskSpec::for_role("w", json!("quick")))
-        .await
-        .expect("submit");
+    let (b, running, waiting) = busy_agent_and_a_waiting_task().await;
     assert!(k.kill_agent(b, "test kill"));
-    k.spawn_agent(AgentSpec::new("w", slow.shared()))
+    k.spawn_agent(AgentSpec::new("w", slow.clone().shared()))
         .await
         .expect("spawn");
     let r = waiting.await;

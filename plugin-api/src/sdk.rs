@@ -317,7 +317,8 @@ impl<P: HivePlugin> Plugin for Guarded<P> {
 /// dependency), for the kernel's `PluginSpec::linked`: the same plugin as its shared library,
 /// with no file on disk. The crate linked this way must not call [`export_plugin!`] (its
 /// library header is one fixed symbol per program): keep the implementation in an rlib crate
-/// and export it from a separate cdylib crate, as the official plugins do.
+/// and export it from a separate cdylib crate, as the official plugins do. Each call builds
+/// (and leaks, like any root module) a new module: call it once per plugin and keep it.
 pub fn linked_module<P: HivePlugin>() -> crate::PluginMod_Ref {
     use abi_stable::prefix_type::PrefixTypeTrait;
     extern "C" fn manifest<P: HivePlugin>() -> Manifest {

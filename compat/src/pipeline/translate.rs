@@ -10,8 +10,8 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::expr::{self, Scope};
-use super::yaml::{self, element, member, Positions};
 use super::{PipelineProblem, ProblemKind};
+use hive_kernel::{parse_yaml, path_element as element, path_member as member, Positions};
 
 /// Top-level keys of the subset.
 const TOP_KEYS: &[&str] = &[
@@ -299,7 +299,7 @@ fn goto_target(v: &Value) -> Option<String> {
 
 /// Translates pipeline text (`path` names it in problems and is recorded as the source).
 pub(crate) fn translate(text: &str, path: &Path) -> Result<Translated, Vec<PipelineProblem>> {
-    let (doc, positions) = yaml::parse(text).map_err(|e| {
+    let (doc, positions) = parse_yaml(text).map_err(|e| {
         vec![PipelineProblem {
             kind: ProblemKind::Syntax,
             line: e.pos.map(|p| p.line),

@@ -23,6 +23,9 @@ use crate::task::RetryPolicy;
 pub(crate) use expr::{Expr, StepView};
 pub(crate) use schema::kind as kind_of;
 pub use schema::OnFailure;
+pub use source::{
+    element as path_element, member as path_member, parse_yaml, Pos, Positions, SyntaxError,
+};
 pub(crate) use template::{lookup, Ref, Template, ValueTemplate};
 
 /// The kind of a plan problem (one per validation error class).

@@ -10,9 +10,11 @@ use serde_json::{Map, Number, Value};
 
 /// A 1-based line and column (columns count characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Pos {
-    pub(crate) line: usize,
-    pub(crate) col: usize,
+pub struct Pos {
+    /// The line.
+    pub line: usize,
+    /// The column.
+    pub col: usize,
 }
 
 /// The format of a plan file, from its extension.
@@ -43,7 +45,7 @@ impl Format {
 /// Where each node of a document starts, by path (`steps[2].depends_on[0]`; the root is
 /// `""`). An object member is located at its key.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Positions {
+pub struct Positions {
     map: HashMap<String, Pos>,
 }
 
@@ -53,7 +55,7 @@ impl Positions {
     }
 
     /// The position of `path`, or of its nearest located ancestor.
-    pub(crate) fn find(&self, path: &str) -> Option<Pos> {
+    pub fn find(&self, path: &str) -> Option<Pos> {
         let mut p = path;
         loop {
             if let Some(pos) = self.map.get(p) {
@@ -70,13 +72,15 @@ impl Positions {
 
 /// A syntax error: the parser's message and where.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct SyntaxError {
-    pub(crate) pos: Option<Pos>,
-    pub(crate) message: String,
+pub struct SyntaxError {
+    /// Where, when the parser says.
+    pub pos: Option<Pos>,
+    /// The parser's message.
+    pub message: String,
 }
 
-/// Child path of an object member.
-pub(crate) fn member(path: &str, key: &str) -> String {
+/// Child path of an object member (`parent.key`, or `key` at the root).
+pub fn member(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -84,8 +88,8 @@ pub(crate) fn member(path: &str, key: &str) -> String {
     }
 }
 
-/// Child path of an array element.
-pub(crate) fn element(path: &str, i: usize) -> String {
+/// Child path of an array element (`parent[i]`).
+pub fn element(path: &str, i: usize) -> String {
     let mut s = String::with_capacity(path.len() + 4);
     s.push_str(path);
     let _ = write!(s, "[{i}]");
@@ -332,7 +336,11 @@ impl<'a> JsonScan<'a> {
 
 // ---------------------------------------------------------------------------------- YAML --
 
-fn parse_yaml(text: &str) -> Result<(Value, Positions), SyntaxError> {
+/// Parses YAML 1.2 text (one document) into a JSON value and the position of every node by
+/// path: plain scalars become null, booleans and numbers, quoted ones stay strings, and a
+/// duplicate key is an error. Plans use it; so does any reader of YAML that must name lines
+/// in its errors (the compat pipelines).
+pub fn parse_yaml(text: &str) -> Result<(Value, Positions), SyntaxError> {
     use yaml_rust2::parser::Parser;
     let mut b = YamlBuilder::default();
     let mut parser = Parser::new_from_str(text);
@@ -606,6 +614,20 @@ fn toml_value(v: &toml_edit::Value, path: &str, lines: &Lines<'_>, out: &mut Pos
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn yaml_values_and_positions_by_path() {
+        let (v, p) = parse_yaml("id: x\nsteps:\n  - id: a\n    on_failure: retry 2\n    n: 3\n")
+            .expect("parses");
+        assert_eq!(v["steps"][0]["on_failure"], "retry 2");
+        assert_eq!(v["steps"][0]["n"], 3);
+        assert_eq!(p.find("steps[0].on_failure"), Some(Pos { line: 4, col: 5 }));
+        assert_eq!(p.find("steps[0].nope.deeper").map(|p| p.line), Some(3));
+        let e = parse_yaml("a: 1\na: 2\n").expect_err("duplicate");
+        assert!(e.message.contains("duplicate key `a`"), "{}", e.message);
+        assert_eq!(e.pos.map(|p| p.line), Some(2));
+    }
+
     use super::*;
 
     fn at(p: &Positions, path: &str) -> (usize, usize) {

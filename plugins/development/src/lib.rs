@@ -200,11 +200,15 @@ impl HivePlugin for Development {
     fn before_delegate(&self, r: &DelegateRequest<'_>) -> Result<Delegate, PluginError> {
         let role = Self::role_of(r);
         let applies = |rule: &FaultRule| rule.role.as_deref().is_none_or(|want| want == role);
-        let key = mock::task_key(r.name.as_str(), r.task, r.payload_json.as_str());
+        // Hashed on first use only: most tasks match no rule that draws.
+        let key = std::cell::OnceCell::new();
+        let key = || {
+            *key.get_or_init(|| mock::task_key(r.name.as_str(), r.task, r.payload_json.as_str()))
+        };
         // Failures and delays first: a task they stop does not count as taken.
         for (rule, stats) in self.faults.iter().filter(|(rule, _)| applies(rule)) {
             // Per task, not per attempt: `fail_rate` is the share of the role's tasks.
-            if rule.fail_rate > 0.0 && mock::coin(self.seed, "fail", &key, 0) < rule.fail_rate {
+            if rule.fail_rate > 0.0 && mock::coin(self.seed, "fail", &key(), 0) < rule.fail_rate {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 return Ok(Delegate::Reject {
                     reason: format!(
@@ -214,7 +218,7 @@ impl HivePlugin for Development {
                     .into(),
                 });
             }
-            if rule.delay_ms > 0 && mock::coin(self.seed, "delay", &key, 0) < rule.delay_rate {
+            if rule.delay_ms > 0 && mock::coin(self.seed, "delay", &key(), 0) < rule.delay_rate {
                 let mut delayed = self
                     .delayed
                     .lock()
