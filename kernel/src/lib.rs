@@ -69,6 +69,14 @@ pub use task::{
     TaskResult, TaskSpec,
 };
 
+/// Starts the orphan guard now (otherwise the first command started does). A program that
+/// will start commands may call it first thing in `main`: forking is cheapest while the
+/// process is small and single-threaded, and the guard then sets itself up on another core
+/// while the program goes on.
+pub fn start_orphan_guard() {
+    driver::reaper::ensure_started();
+}
+
 /// The orphan guard's pid (the process that kills this process's commands if it dies), once
 /// a command has been started. For tests and diagnostics.
 pub fn orphan_guard_pid() -> Option<u32> {

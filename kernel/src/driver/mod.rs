@@ -20,6 +20,7 @@ pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reaper;
 pub(crate) mod stdio;
+pub(crate) mod which;
 
 /// Starts agents of one kind. One driver value can start many agents.
 #[async_trait]

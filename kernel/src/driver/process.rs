@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::output::Tail;
 use super::reaper;
+use super::which;
 use super::{AgentContext, AgentHandle, AgentLink, Driver, DriverError, TaskContext};
 use crate::agent::ShutdownMode;
 use crate::event::Stream;
@@ -278,18 +279,46 @@ pub(crate) fn describe(status: &std::process::ExitStatus) -> String {
 impl AgentHandle for ProcessAgent {
     async fn execute(&self, t: TaskContext) -> Result<Value, TaskError> {
         let cl = command_for(&self.cfg, &t.payload)?;
-        let mut cmd = tokio::process::Command::new(&cl.program);
-        cmd.args(&cl.args)
-            .envs(cl.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(cwd) = &cl.cwd {
-            cmd.current_dir(cwd);
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+        // A bare name is looked up on the PATH the child will have (see `which`).
+        let path_var = cl
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| std::ffi::OsString::from(v))
+            .or_else(|| std::env::var_os("PATH"));
+        let resolved = path_var
+            .as_deref()
+            .and_then(|p| which::resolve(&cl.program, p));
+        let build = |program: &std::ffi::OsStr| {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.arg0(&cl.program)
+                .args(&cl.args)
+                .envs(cl.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(false);
+            if let Some(cwd) = &cl.cwd {
+                cmd.current_dir(cwd);
+            }
+            cmd
+        };
+        let spawned = match &resolved {
+            Some(p) => match build(p.as_os_str()).spawn() {
+                Ok(c) => Ok(c),
+                Err(_) => {
+                    // Gone or changed since it was remembered: search again.
+                    if let Some(pv) = &path_var {
+                        which::forget(&cl.program, pv);
+                    }
+                    build(std::ffi::OsStr::new(&cl.program)).spawn()
+                }
+            },
+            None => build(std::ffi::OsStr::new(&cl.program)).spawn(),
+        };
+        let mut child = spawned.map_err(|e| {
             let mut err = TaskError::new(format!("cannot start `{}`: {e}", cl.program));
             err.retryable = !matches!(
                 e.kind(),

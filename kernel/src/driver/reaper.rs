@@ -35,7 +35,8 @@ fn reaper() -> Option<&'static Reaper> {
         .as_ref()
 }
 
-/// Makes sure the guard runs (call before the first command starts).
+/// Makes sure the guard runs (call before the first command starts; a program may call it
+/// first thing, while it is small and has one thread, through [`crate::start_orphan_guard`]).
 pub(crate) fn ensure_started() {
     let _ = reaper();
 }
@@ -78,26 +79,58 @@ impl Reaper {
             return Err(io::Error::last_os_error());
         }
         let (rd, wr) = (fds[0], fds[1]);
-        // Allocated before the fork: the child only writes into it.
-        let mut bits: Vec<u64> = vec![0; PID_LIMIT / 64];
-        // SAFETY: fork(2); the child runs only async-signal-safe code (see guard_main).
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            let e = io::Error::last_os_error();
+        let close_pipe = || {
             // SAFETY: closing the two fds we just created.
             unsafe {
                 libc::close(rd);
                 libc::close(wr);
             }
+        };
+        // The child's bitmap, mapped before the fork (the child only writes into it). A
+        // private anonymous mapping costs nothing until touched: the guard's memory is the
+        // pages of the pids it registers, not 512 KiB zeroed at every start (nor a 2 MiB
+        // huge page where transparent huge pages are on).
+        let bytes = PID_LIMIT / 8;
+        // SAFETY: a fresh anonymous mapping; checked for MAP_FAILED below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            close_pipe();
+            return Err(e);
+        }
+        // SAFETY: advice on the mapping just made; failure only costs memory.
+        unsafe { libc::madvise(map, bytes, libc::MADV_NOHUGEPAGE) };
+        // SAFETY: fork(2); the child runs only async-signal-safe code (see guard_main).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            close_pipe();
+            // SAFETY: unmapping the mapping made above, used by no one.
+            unsafe { libc::munmap(map, bytes) };
             return Err(e);
         }
         if pid == 0 {
-            // SAFETY: we are the freshly forked child.
-            unsafe { guard_main(rd, wr, &mut bits) }
+            // SAFETY: we are the freshly forked child; `map` is `bytes` of zeroed, writable,
+            // u64-aligned memory that only this process uses from now on.
+            unsafe {
+                let bits = std::slice::from_raw_parts_mut(map.cast::<u64>(), bytes / 8);
+                guard_main(rd, wr, bits)
+            }
         }
-        drop(bits);
-        // SAFETY: the read end belongs to the child now.
-        unsafe { libc::close(rd) };
+        // SAFETY: the mapping is the child's copy now; the read end belongs to the child.
+        unsafe {
+            libc::munmap(map, bytes);
+            libc::close(rd);
+        }
         Ok(Reaper { fd: wr, pid })
     }
 

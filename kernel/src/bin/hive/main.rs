@@ -21,7 +21,6 @@ mod setup;
 mod tasks_cmd;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -118,9 +117,14 @@ fn init_tracing() {
         .try_init();
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = Cli::parse();
     init_tracing();
+    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Resume(_) | Cmd::Agents(_)) {
+        // Commands will run: fork the orphan guard while this process is small and has one
+        // thread (it sets itself up on the other core while the plan is read).
+        hive_kernel::start_orphan_guard();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hive")
@@ -129,10 +133,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hive: error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            std::process::exit(1);
         }
     };
-    let result = rt.block_on(async {
+    // The command runs as a task of the runtime, not on the thread that blocks on it: a
+    // plan's executor then wakes on the worker that reaped a step's process, instead of
+    // crossing to the main thread and back for every step (about 100 us a step; see
+    // BENCHMARKS.md).
+    let command = async move {
         match cli.cmd {
             Cmd::Run(a) => tasks_cmd::run(a).await,
             Cmd::Validate(a) => plan_cmd::validate(a),
@@ -145,13 +153,25 @@ fn main() -> ExitCode {
             Cmd::Agents(a) => agents_cmd::agents(a).await,
             Cmd::Health(a) => agents_cmd::health(a).await,
         }
+    };
+    let result = rt.block_on(async {
+        match tokio::spawn(command).await {
+            Ok(r) => r,
+            Err(e) => Err(Exit::failed(format!(
+                "internal error: the command task failed: {e}"
+            ))),
+        }
     });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("hive: error: {}", e.message);
-            ExitCode::from(e.code)
+            e.code
         }
-    }
+    };
+    // The command has shut down what it started (agents, the state writer, sinks). Tearing
+    // the runtime down as well would only wait for idle worker threads to wake up and leave:
+    // exit now (std flushes stdout on the way).
+    std::mem::forget(rt);
+    std::process::exit(i32::from(code))
 }

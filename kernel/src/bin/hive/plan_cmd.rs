@@ -443,21 +443,35 @@ struct Launch {
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     let path = args.plan.clone().unwrap_or_default();
     let vars = parse_vars(&args.vars)?;
+    let config = args.config.as_ref().map(|p| {
+        Config::load(p).map(|c| (std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()), c))
+    });
+    // An existing state database opens (and recovers its WAL) on another thread while the
+    // plan is read and checked. A new one is created only once the plan proved valid.
+    let dir = match &config {
+        Some(Err(_)) => None,
+        Some(Ok((_, c))) => Some(crate::state_dir(args.state_dir.clone(), Some(c))),
+        None => Some(crate::state_dir(args.state_dir.clone(), None)),
+    }
+    .filter(|_| !args.dry_run);
+    let early = dir
+        .as_ref()
+        .filter(|d| d.join("state.db").is_file())
+        .map(|d| {
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || StateStore::open(&d))
+        });
     let plan = Plan::load(&path, &vars).map_err(plan_exit)?;
-    let config = match &args.config {
-        Some(p) => Some((
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
-            Config::load(p)?,
-        )),
-        None => None,
-    };
+    let config = config.transpose()?;
     check_roles(&plan, config.as_ref().map(|c| &c.1), args.config.as_deref())?;
     let max = args.max_concurrency.or(plan.max_concurrency()).unwrap_or(4);
-    let store = if args.dry_run {
-        None
-    } else {
-        let dir = crate::state_dir(args.state_dir.clone(), config.as_ref().map(|c| &c.1));
-        Some(StateStore::open(&dir)?)
+    let store = match (early, &dir) {
+        (Some(h), _) => Some(
+            h.await
+                .map_err(|e| Exit::failed(format!("opening the state database: {e}")))??,
+        ),
+        (None, Some(d)) => Some(StateStore::open(d)?),
+        (None, None) => None,
     };
     let mut opts = RunOptions::new();
     opts.vars = vars;
