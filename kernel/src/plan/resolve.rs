@@ -46,6 +46,26 @@ pub(super) fn resolve(
             problems: located,
         }
     };
+    // The common case first: a JSON plan without `$` has nothing to substitute, and parses
+    // straight into the schema types. Anything else (or any problem) takes the general path,
+    // which also says where the problem is.
+    if format == Format::Json && !text.contains('$') && !source::json_has_duplicate_key(text) {
+        if let Ok(file) = serde_json::from_str::<PlanFile>(text) {
+            let mut vars: BTreeMap<String, String> = BTreeMap::new();
+            let mut problems: Vec<Raw> = Vec::new();
+            for (k, v) in &file.vars {
+                if !template::is_var_name(k) {
+                    problems.push(bad_var_name(k));
+                }
+                vars.insert(k.clone(), v.text());
+            }
+            if !problems.is_empty() {
+                return Err(fail(problems));
+            }
+            add_given_vars(&mut vars, given, path);
+            return check(file, &vars, path, text).map_err(fail);
+        }
+    }
     let mut value = source::parse(text, format).map_err(|e| PlanError::Invalid {
         path: path.to_path_buf(),
         problems: vec![Problem {
@@ -62,13 +82,8 @@ pub(super) fn resolve(
     let mut problems: Vec<Raw> = Vec::new();
     if let Some(Value::Object(defaults)) = value.get("vars") {
         for (k, v) in defaults {
-            let field = member("vars", k);
             if !template::is_var_name(k) {
-                problems.push((
-                    ProblemKind::BadValue,
-                    field.clone(),
-                    format!("`{k}` is not a variable name (letters, digits and `_`)"),
-                ));
+                problems.push(bad_var_name(k));
             }
             match v {
                 Value::String(s) => {
@@ -81,15 +96,7 @@ pub(super) fn resolve(
             }
         }
     }
-    for (k, v) in given {
-        vars.insert(k.clone(), v.clone());
-    }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    vars.insert("PLAN_DIR".into(), dir.display().to_string());
+    add_given_vars(&mut vars, given, path);
 
     let mut var_errors = Vec::new();
     if let Value::Object(m) = &mut value {
@@ -117,15 +124,51 @@ pub(super) fn resolve(
         fail(vec![serde_problem(field, message)])
     })?;
 
+    check(file, &vars, path, text).map_err(fail)
+}
+
+fn bad_var_name(k: &str) -> Raw {
+    (
+        ProblemKind::BadValue,
+        member("vars", k),
+        format!("`{k}` is not a variable name (letters, digits and `_`)"),
+    )
+}
+
+/// The given variables over the plan's defaults, and `PLAN_DIR`.
+fn add_given_vars(
+    vars: &mut BTreeMap<String, String>,
+    given: &BTreeMap<String, String>,
+    path: &Path,
+) {
+    for (k, v) in given {
+        vars.insert(k.clone(), v.clone());
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    vars.insert("PLAN_DIR".into(), dir.display().to_string());
+}
+
+/// Checks the deserialized plan; its problems are still to be located.
+fn check(
+    file: PlanFile,
+    vars: &BTreeMap<String, String>,
+    path: &Path,
+    text: &str,
+) -> Result<Plan, Vec<Raw>> {
     let mut cx = Checker {
         problems: Vec::new(),
-        vars: &vars,
+        vars,
     };
     let plan = cx.plan(file, path, text);
-    if !cx.problems.is_empty() {
-        return Err(fail(cx.problems));
+    if cx.problems.is_empty() {
+        Ok(plan)
+    } else {
+        Err(cx.problems)
     }
-    Ok(plan)
 }
 
 /// The field path of a serde error, in this module's notation.
@@ -805,6 +848,61 @@ mod tests {
             Ok(_) => panic!("{name} should be refused"),
             Err(e) => e.problems().to_vec(),
         }
+    }
+
+    /// A JSON plan without `$` takes the direct path (no `Value`, no substitution); the same
+    /// plan in YAML takes the general one. Both must give the same plan.
+    #[test]
+    fn the_direct_json_path_gives_what_the_general_path_gives() {
+        let json = r#"{"plan_id": "EQ", "version": 3, "description": "both ways",
+            "globals": {"max_concurrency": 2, "default_timeout_sec": 9},
+            "vars": {"WHO": "world", "N": 2},
+            "metadata": {"project": "hive", "tags": ["a", 1]},
+            "steps": [
+              {"id": "a", "name": "A", "command": "echo", "args": ["hi", 5, true], "env": {"K": "v"},
+               "cwd": "/tmp", "timeout_sec": 4, "retries": 2, "retry_delay_sec": 0.5,
+               "backoff": "exponential", "jitter": "full", "outputs": ["x"], "cache": true},
+              {"id": "b", "command": "true", "depends_on": ["a"], "critical": false,
+               "on_failure": "skip_dependents", "when": "steps.a.status == 'succeeded'",
+               "for_each": ["p", "q"], "metadata": {"k": 1}},
+              {"id": "c", "role": "builder", "task": {"op": "build", "n": [1, 2]}, "depends_on": ["a", "b"]}
+            ]}"#;
+        let yaml = "plan_id: EQ\nversion: 3\ndescription: both ways\n\
+            globals: {max_concurrency: 2, default_timeout_sec: 9}\n\
+            vars: {WHO: world, N: 2}\n\
+            metadata: {project: hive, tags: [a, 1]}\n\
+            steps:\n\
+            - {id: a, name: A, command: echo, args: [hi, 5, true], env: {K: v}, cwd: /tmp, timeout_sec: 4,\n   retries: 2, retry_delay_sec: 0.5, backoff: exponential, jitter: full, outputs: [x], cache: true}\n\
+            - {id: b, command: 'true', depends_on: [a], critical: false, on_failure: skip_dependents,\n   when: \"steps.a.status == 'succeeded'\", for_each: [p, q], metadata: {k: 1}}\n\
+            - {id: c, role: builder, task: {op: build, n: [1, 2]}, depends_on: [a, b]}\n";
+        let j = load("eq.json", json).expect("json plan");
+        let y = load("eq.yaml", yaml).expect("yaml plan");
+        assert_eq!(format!("{:?}", j.steps), format!("{:?}", y.steps));
+        assert_eq!(j.vars, y.vars);
+        assert_eq!(j.vars.get("N").map(String::as_str), Some("2"));
+        assert_eq!((j.id(), j.version()), (y.id(), y.version()));
+        assert_eq!(j.metadata(), y.metadata());
+        assert_eq!(j.max_concurrency(), y.max_concurrency());
+        assert_eq!(j.default_timeout(), y.default_timeout());
+    }
+
+    #[test]
+    fn a_json_plan_without_dollars_is_still_checked_and_located() {
+        let dup = problems("d.json", "{\"plan_id\": \"p\", \"version\": \"1\",\n \"steps\": [{\"id\": \"a\", \"command\": \"x\", \"command\": \"y\"}]}");
+        assert_eq!(dup[0].kind, ProblemKind::Syntax);
+        assert_eq!(dup[0].line, Some(2));
+        let unknown = problems("u.json", "{\"plan_id\": \"p\", \"version\": \"1\",\n \"steps\": [{\"id\": \"a\",\n \"comand\": \"x\"}]}");
+        assert_eq!(unknown[0].kind, ProblemKind::UnknownField);
+        assert_eq!(
+            (unknown[0].line, unknown[0].field.as_str()),
+            (Some(3), "steps[0].comand")
+        );
+        let bad_var = problems(
+            "v.json",
+            r#"{"plan_id": "p", "version": "1", "vars": {"a-b": "x"}, "steps": [{"id": "a", "command": "x"}]}"#,
+        );
+        assert_eq!(bad_var[0].kind, ProblemKind::BadValue);
+        assert_eq!(bad_var[0].field, "vars.a-b");
     }
 
     #[test]

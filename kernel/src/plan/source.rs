@@ -150,6 +150,14 @@ pub(crate) fn positions(text: &str, format: Format) -> Positions {
 
 // ---------------------------------------------------------------------------------- JSON --
 
+/// Whether JSON text serde_json accepts has a duplicate key (serde_json keeps the last one;
+/// a plan must not).
+pub(crate) fn json_has_duplicate_key(text: &str) -> bool {
+    let mut scan = JsonScan::new(text, false);
+    scan.value("");
+    scan.dup.is_some()
+}
+
 fn parse_json(text: &str) -> Result<Value, SyntaxError> {
     let value: Value = serde_json::from_str(text).map_err(|e| SyntaxError {
         pos: (e.line() > 0).then(|| Pos {
