@@ -121,6 +121,50 @@ fn run_prints_its_id_first_and_reports_json() {
     assert!(dir.join("env-state").join("state.db").exists());
 }
 
+/// A bare command name is looked up on the PATH the step gives (not only `hive`'s), for
+/// every step that names it (the driver remembers the answer; see driver/which.rs).
+#[test]
+fn a_bare_command_is_found_on_the_path_the_step_gives() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("plan-step-path");
+    let bin = dir.join("tools");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let tool = write(&bin, "hive-test-greet", "#!/bin/sh\necho \"greet $*\"\n");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let plan = serde_json::json!({
+        "plan_id": "path", "version": "1",
+        "steps": [
+            {"id": "a", "command": "hive-test-greet", "args": ["one"], "env": {"PATH": path}},
+            {"id": "b", "command": "hive-test-greet", "args": ["two"], "env": {"PATH": path},
+             "depends_on": ["a"]},
+            {"id": "c", "command": "hive-test-greet", "depends_on": ["b"], "critical": false,
+             "on_failure": "continue"}
+        ]
+    });
+    write(&dir, "p.json", &plan.to_string());
+    let f = hive(&dir, &["run", "p.json", "--state-dir", "st", "--json"]);
+    // Step c (not critical) has hive's PATH only: it fails, the run does not.
+    assert_eq!(f.code, 0, "{f}");
+    let v = f.json();
+    let tasks = v["tasks"].as_array().expect("tasks");
+    let out = |i: usize| {
+        tasks[i]["output"]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(tasks[0]["status"], "succeeded", "{f}");
+    assert!(out(0).contains("greet one"), "{f}");
+    assert_eq!(tasks[1]["status"], "succeeded", "{f}");
+    assert!(out(1).contains("greet two"), "{f}");
+    assert_eq!(tasks[2]["status"], "failed", "{f}");
+    assert!(
+        f.stdout.contains("hive-test-greet"),
+        "the failure names the program:\n{f}"
+    );
+}
+
 #[test]
 fn a_failed_step_exits_1_and_names_the_step() {
     let dir = scratch("plan-run-fail");
@@ -226,7 +270,13 @@ fn runs_show_and_events_read_the_state() {
     assert_eq!(types.iter().filter(|t| *t == "step_finished").count(), 2);
     let file = std::fs::read_to_string(dir.join("st").join("runs").join(format!("{id}.jsonl")))
         .expect("JSONL file beside the database");
-    assert_eq!(file.lines().count(), types.len());
+    // The file: a `run_created` header (not an event), then the same events.
+    assert_eq!(file.lines().count(), types.len() + 1);
+    let header: Value =
+        serde_json::from_str(file.lines().next().unwrap_or_default()).expect("a JSON header line");
+    assert_eq!(header["type"], "run_created");
+    assert_eq!(header["seq"], 0);
+    assert_eq!(header["steps"].as_array().map(Vec::len), Some(2));
     let f = hive(&dir, &["show", "no-such-run", "--state-dir", "st"]);
     assert_bad_input(&f, &["no-such-run"]);
 }

@@ -25,8 +25,8 @@ use crate::ids::{TaskId, Timestamp};
 use crate::kernel::Kernel;
 use crate::plan::{Action, ForEach, OnFailure, Plan, Ref, StepView};
 use crate::state::{
-    AttemptEnd, CacheEntry, Finish, Journal, Op, RunEvent, RunEventKind, RunRecord, RunRow,
-    RunState, StateError, StateStore, StepRecord, StepRow, StepState, Update, Writer,
+    journal_header, AttemptEnd, CacheEntry, Finish, Journal, Op, RunEvent, RunEventKind, RunRecord,
+    RunRow, RunState, StateError, StateStore, StepRecord, StepRow, StepState, Update, Writer,
 };
 use crate::task::{AttemptStatus, Outcome, Target, TaskResult, TaskSpec};
 
@@ -352,27 +352,34 @@ impl Exec {
         ex.scratch_dir(store);
         if let Some(store) = store {
             ex.cache_on = true;
-            let mut w = store.writer(&ex.run_id, ex.listener.take())?;
             let plan_path = std::fs::canonicalize(ex.plan.path())
                 .unwrap_or_else(|_| ex.opts.workdir.join(ex.plan.path()));
-            let op = w.send(Op::CreateRun {
-                run: RunRow {
-                    run_id: ex.run_id.clone(),
-                    plan_id: ex.plan.id().to_string(),
-                    plan_version: ex.plan.version().to_string(),
-                    plan_path: plan_path.display().to_string(),
-                    plan_hash: ex.plan.hash().to_string(),
-                    vars: serde_json::to_string(&ex.opts.vars).unwrap_or_else(|_| "{}".into()),
-                    options: settings(&ex.opts),
-                    created_at: Timestamp::now(),
-                    metadata: (!ex.plan.metadata().is_null())
-                        .then(|| ex.plan.metadata().to_string()),
-                },
-                steps: ex.step_rows(),
-            });
-            w.wait_for(op).await?;
+            let run = RunRow {
+                run_id: ex.run_id.clone(),
+                plan_id: ex.plan.id().to_string(),
+                plan_version: ex.plan.version().to_string(),
+                plan_path: plan_path.display().to_string(),
+                plan_hash: ex.plan.hash().to_string(),
+                vars: serde_json::to_string(&ex.opts.vars).unwrap_or_else(|_| "{}".into()),
+                options: settings(&ex.opts),
+                created_at: Timestamp::now(),
+                metadata: (!ex.plan.metadata().is_null()).then(|| ex.plan.metadata().to_string()),
+            };
+            let steps = ex.step_rows();
+            // The run's file first: once its header line is written the run can be resumed,
+            // even if `hive` dies before the writer thread has committed the run (which it
+            // does while the first steps start, instead of before).
+            let mut journal = open_journal(store, &ex.run_id)?;
+            journal.push(&journal_header(&run, &steps));
+            if let Err(source) = journal.flush() {
+                let path = journal.path().to_path_buf();
+                return Err(StateError::Io { path, source }.into());
+            }
+            let mut w = store.writer(&ex.run_id, ex.listener.take())?;
+            w.send(Op::CreateRun { run, steps });
+            w.flush();
             ex.writer = Some(w);
-            ex.journal = Some(open_journal(store, &ex.run_id)?);
+            ex.journal = Some(journal);
         }
         Ok(ex)
     }

@@ -210,8 +210,10 @@ pub struct PlanRun {
 }
 
 impl PlanRun {
-    /// Creates a run of `plan` (in `store`, if given: the run and its steps are on disk when
-    /// this returns, so that [`PlanRun::id`] can be resumed).
+    /// Creates a run of `plan` (in `store`, if given: the run and its steps are in the run's
+    /// file when this returns, so that [`PlanRun::id`] can be resumed; the writer thread
+    /// commits them to the database while the first steps start, and a run whose process
+    /// died before that commit is taken from its file by the next reader).
     pub async fn start(
         kernel: &Kernel,
         plan: Arc<Plan>,

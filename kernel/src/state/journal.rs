@@ -9,7 +9,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::{RunRow, StepRow};
 
 /// The executor's end of a run's JSONL file.
 #[derive(Debug)]
@@ -64,6 +66,85 @@ impl Journal {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The `type` of a run file's first line: the run's row and its steps, written before the
+/// run starts, so that a run whose `hive` was killed before the database's first commit can
+/// still be resumed (see `StateStore::run`). It has `seq` 0: it is not an event.
+pub(crate) const HEADER_TYPE: &str = "run_created";
+
+/// The header line of a new run.
+pub(crate) fn header_line(run: &RunRow, steps: &[StepRow]) -> String {
+    json!({
+        "seq": 0,
+        "at": super::ts(run.created_at),
+        "run": &*run.run_id,
+        "type": HEADER_TYPE,
+        "plan_id": run.plan_id,
+        "plan_version": run.plan_version,
+        "plan_path": run.plan_path,
+        "plan_hash": run.plan_hash,
+        "vars": run.vars,
+        "options": run.options,
+        "metadata": run.metadata,
+        "steps": steps
+            .iter()
+            .map(|s| json!([s.no, s.ord, &*s.step_id, &*s.name]))
+            .collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// The run and steps of `path`'s header line; `None` when the file is missing or does not
+/// start with a complete, well-formed header.
+pub(crate) fn read_header(path: &Path) -> std::io::Result<Option<(RunRow, Vec<StepRow>)>> {
+    use std::io::BufRead;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Ok(None);
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+        return Ok(None);
+    };
+    Ok(parse_header(&v))
+}
+
+fn parse_header(v: &Value) -> Option<(RunRow, Vec<StepRow>)> {
+    if v.get("type")?.as_str()? != HEADER_TYPE {
+        return None;
+    }
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let created_at = humantime::parse_rfc3339(v.get("at")?.as_str()?).ok()?;
+    let run = RunRow {
+        run_id: std::sync::Arc::from(v.get("run")?.as_str()?),
+        plan_id: text("plan_id")?,
+        plan_version: text("plan_version")?,
+        plan_path: text("plan_path")?,
+        plan_hash: text("plan_hash")?,
+        vars: text("vars")?,
+        options: text("options")?,
+        created_at: created_at.into(),
+        metadata: text("metadata"),
+    };
+    let mut steps = Vec::new();
+    for s in v.get("steps")?.as_array()? {
+        let a = s.as_array()?;
+        steps.push(StepRow {
+            no: u32::try_from(a.first()?.as_u64()?).ok()?,
+            ord: a.get(1)?.as_i64()?,
+            step_id: std::sync::Arc::from(a.get(2)?.as_str()?),
+            parent: None,
+            item: None,
+            name: std::sync::Arc::from(a.get(3)?.as_str()?),
+        });
+    }
+    Some((run, steps))
 }
 
 /// The length of `file` up to and including its last newline.
@@ -167,6 +248,62 @@ mod tests {
         assert_eq!(t.first().map(|x| x.0), Some(19_991));
         assert_eq!(t.len(), 10);
         assert_eq!(tail_after(&p, 100).expect("tail").len(), 19_900);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_header_line_carries_the_run_and_its_steps() {
+        let dir = std::env::temp_dir().join(format!("hive-journal-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("r.jsonl");
+        let run = RunRow {
+            run_id: "r1".into(),
+            plan_id: "p".into(),
+            plan_version: "1".into(),
+            plan_path: "/x/p.json".into(),
+            plan_hash: "abc".into(),
+            vars: r#"{"A":"b"}"#.into(),
+            options: "{}".into(),
+            created_at: crate::ids::Timestamp::now(),
+            metadata: Some(r#"{"k":1}"#.into()),
+        };
+        let steps: Vec<StepRow> = (0..3)
+            .map(|i| StepRow {
+                no: i,
+                step_id: format!("s{i}").into(),
+                ord: i64::from(i),
+                parent: None,
+                item: None,
+                name: format!("Step {i}").into(),
+            })
+            .collect();
+        let mut j = Journal::open(&p).expect("open");
+        j.push(&header_line(&run, &steps));
+        j.push("{\"seq\":1,\"type\":\"run_started\"}");
+        j.flush().expect("flush");
+        let (r, s) = read_header(&p).expect("read").expect("a header");
+        assert_eq!(
+            (&*r.run_id, r.plan_path.as_str(), r.vars.as_str()),
+            ("r1", "/x/p.json", r#"{"A":"b"}"#)
+        );
+        assert_eq!(r.metadata.as_deref(), Some(r#"{"k":1}"#));
+        assert_eq!(
+            super::super::ts(r.created_at),
+            super::super::ts(run.created_at)
+        );
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s[2].no, s[2].ord, &*s[2].step_id, &*s[2].name),
+            (2, 2, "s2", "Step 2")
+        );
+        // The header is not an event: tails never include it.
+        assert_eq!(tail_after(&p, 0).expect("tail").len(), 1);
+        // A file without a (complete) header has none.
+        std::fs::write(&p, "{\"seq\":1,\"type\":\"run_started\"}\n").expect("write");
+        assert!(read_header(&p).expect("read").is_none());
+        std::fs::write(&p, header_line(&run, &steps)).expect("write"); // no newline: torn
+        assert!(read_header(&p).expect("read").is_none());
+        assert!(read_header(&dir.join("none")).expect("missing").is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::ids::Timestamp;
 use crate::task::Status;
 
-pub(crate) use journal::Journal;
+pub(crate) use journal::{header_line as journal_header, Journal};
 pub use lock::RunLock;
 pub(crate) use lock::{new_run_id, valid_run_id};
 pub(crate) use writer::{AttemptEnd, CacheEntry, Finish, Op, RunRow, StepRow, Update, Writer};
@@ -507,8 +507,7 @@ impl StateStore {
         listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
     ) -> Result<Writer, StateError> {
         let run_no = self.run_no(run).ok();
-        let conn = db::open(&self.db, true)?;
-        Writer::start(conn, self.db.clone(), run_no, listener)
+        Writer::start(self.db.clone(), run_no, listener)
     }
 
     /// The number of run `id` (`runs.run_no`).
@@ -571,15 +570,78 @@ impl StateStore {
 
     /// One run.
     pub fn run(&self, id: &str) -> Result<RunRecord, StateError> {
-        let conn = self.conn.lock();
-        conn.query_row(
-            &format!("SELECT {} FROM runs WHERE run_id = ?1", Self::RUN_COLS),
-            [id],
-            |r| self.run_row(r),
-        )
-        .optional()
-        .map_err(self.m())?
-        .ok_or_else(|| StateError::NoSuchRun(id.to_string()))
+        let find = || {
+            let conn = self.conn.lock();
+            conn.query_row(
+                &format!("SELECT {} FROM runs WHERE run_id = ?1", Self::RUN_COLS),
+                [id],
+                |r| self.run_row(r),
+            )
+            .optional()
+            .map_err(self.m())
+        };
+        if let Some(r) = find()? {
+            return Ok(r);
+        }
+        // Killed before the database's first commit: the run may be in its file only.
+        if !valid_run_id(id) || !self.events_path(id).is_file() {
+            return Err(StateError::NoSuchRun(id.to_string()));
+        }
+        // While its process holds the lock it is creating the run: the writer's first commit
+        // is milliseconds away (at most the database's busy timeout).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+        loop {
+            match self.lock_run(id) {
+                Ok(_lock) => {
+                    if self.adopt_locked(id)? {
+                        if let Some(r) = find()? {
+                            return Ok(r);
+                        }
+                    }
+                    break;
+                }
+                Err(StateError::RunBusy { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    if let Some(r) = find()? {
+                        return Ok(r);
+                    }
+                }
+                Err(StateError::RunBusy { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StateError::NoSuchRun(id.to_string()))
+    }
+
+    /// Writes run `id` to the database from its file's header line, when the database does
+    /// not have it (its `hive` was killed before the writer's first commit). True when the
+    /// run is in the database now. For the holder of the run's lock.
+    pub(crate) fn adopt_locked(&self, id: &str) -> Result<bool, StateError> {
+        if !valid_run_id(id) {
+            return Ok(false);
+        }
+        let path = self.events_path(id);
+        let Some((run, steps)) =
+            journal::read_header(&path).map_err(|source| StateError::Io { path, source })?
+        else {
+            return Ok(false);
+        };
+        if &*run.run_id != id {
+            return Ok(false);
+        }
+        let mut conn = self.conn.lock();
+        let m = |e| db::map_err(&self.db, e);
+        let tx = conn.transaction().map_err(m)?;
+        let known = tx
+            .query_row("SELECT 1 FROM runs WHERE run_id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map_err(m)?
+            .is_some();
+        if !known {
+            writer::insert_run(&tx, &run, &steps).map_err(m)?;
+        }
+        tx.commit().map_err(m)?;
+        Ok(true)
     }
 
     /// The steps of a run, in plan order (items after their step).
@@ -737,7 +799,10 @@ impl StateStore {
 
     /// [`StateStore::recover`] for the holder of the run's lock.
     pub(crate) fn recover_locked(&self, id: &str) -> Result<usize, StateError> {
-        let run_no = self.run_no(id)?;
+        let run_no = match self.run_no(id) {
+            Err(StateError::NoSuchRun(_)) if self.adopt_locked(id)? => self.run_no(id)?,
+            other => other?,
+        };
         let after = self.last_seq(id)?;
         let path = self.events_path(id);
         let tail = journal::tail_after(&path, after).map_err(|source| StateError::Io {
@@ -856,6 +921,76 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `hive` killed after the run's header line and some events were written, before the
+    /// writer's first commit: the database has nothing; the next reader takes the run from
+    /// its file, and recovery replays the events after it.
+    #[test]
+    fn a_run_killed_before_its_first_commit_is_taken_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("hive-adopt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = StateStore::open(&dir).expect("store");
+        let id = new_run_id();
+        let run = RunRow {
+            run_id: Arc::from(id.as_str()),
+            plan_id: "p".into(),
+            plan_version: "1".into(),
+            plan_path: "/plans/p.json".into(),
+            plan_hash: "h".into(),
+            vars: "{}".into(),
+            options: "{}".into(),
+            created_at: Timestamp::now(),
+            metadata: None,
+        };
+        let steps: Vec<StepRow> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepRow {
+                no: i as u32,
+                step_id: Arc::from(*s),
+                ord: i as i64,
+                parent: None,
+                item: None,
+                name: Arc::from(*s),
+            })
+            .collect();
+        let at = ts(Timestamp::now());
+        let mut j = Journal::open(&store.events_path(&id)).expect("journal");
+        j.push(&journal_header(&run, &steps));
+        j.push(&format!(r#"{{"seq":1,"at":"{at}","run":"{id}","type":"run_started","plan_id":"p","steps":2,"resumed":false}}"#));
+        j.push(&format!(
+            r#"{{"seq":2,"at":"{at}","run":"{id}","type":"step_started","step":"a","attempt":1}}"#
+        ));
+        j.flush().expect("flush");
+        drop(j);
+        assert!(
+            store.runs().expect("runs").is_empty(),
+            "nothing committed yet"
+        );
+        // A typo is still unknown, and leaves no lock file behind.
+        assert!(matches!(
+            store.run("20990101-000000-000-000000"),
+            Err(StateError::NoSuchRun(_))
+        ));
+        assert!(!dir
+            .join("runs")
+            .join("20990101-000000-000-000000.lock")
+            .exists());
+
+        let r = store.run(&id).expect("taken from the file");
+        assert_eq!(r.plan_path, PathBuf::from("/plans/p.json"));
+        assert_eq!(r.plan_hash, "h");
+        assert_eq!(store.runs().expect("runs").len(), 1);
+        assert_eq!(store.recover(&id).expect("recover"), 2);
+        let s = store.steps(&id).expect("steps");
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].step_id.as_str(), s[0].attempts), ("a", 1));
+        assert_eq!(store.attempts(&id).expect("attempts").len(), 1);
+        // Taking it again changes nothing.
+        assert!(store.adopt_locked(&id).expect("again"));
+        assert_eq!(store.runs().expect("runs").len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_step_state_machine() {

@@ -162,8 +162,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer thread, which opens its own connection to `db_path` (so that the
+    /// caller goes on meanwhile; an open that fails fails every wait).
     pub(crate) fn start(
-        conn: Connection,
         db_path: PathBuf,
         run_no: Option<i64>,
         listener: Option<tokio::sync::mpsc::UnboundedSender<Arc<RunEvent>>>,
@@ -174,6 +175,14 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("hive-state".into())
             .spawn(move || {
+                let conn = match db::open(&db_path, true) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let msg: Arc<str> = Arc::from(e.to_string());
+                        ptx.send_modify(|p| p.error = Some(msg));
+                        return;
+                    }
+                };
                 let w = Thread {
                     db_path,
                     run_no,
@@ -390,15 +399,8 @@ impl Thread {
         for op in batch.drain(..) {
             match op {
                 Op::CreateRun { run, steps } => {
-                    tx.execute(
-                        "INSERT INTO runs (run_id, plan_id, plan_version, plan_path, plan_hash, vars, options, state, created_at, metadata) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
-                        params![&*run.run_id, run.plan_id, run.plan_version, run.plan_path, run.plan_hash, run.vars, run.options, ts(run.created_at), run.metadata],
-                    )
-                    .map_err(m)?;
-                    let no = tx.last_insert_rowid();
+                    let no = insert_run(&tx, &run, &steps).map_err(m)?;
                     run_no = Some(no);
-                    insert_steps(&tx, no, &steps, false).map_err(m)?;
                 }
                 Op::ResumeRun {
                     plan_hash,
@@ -621,6 +623,22 @@ fn end_attempt(
         end.agent
     ])?;
     Ok(())
+}
+
+/// Inserts a new run and its steps; returns its `run_no`.
+pub(crate) fn insert_run(
+    tx: &rusqlite::Transaction<'_>,
+    run: &RunRow,
+    steps: &[StepRow],
+) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO runs (run_id, plan_id, plan_version, plan_path, plan_hash, vars, options, state, created_at, metadata) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
+        params![&*run.run_id, run.plan_id, run.plan_version, run.plan_path, run.plan_hash, run.vars, run.options, ts(run.created_at), run.metadata],
+    )?;
+    let no = tx.last_insert_rowid();
+    insert_steps(tx, no, steps, false)?;
+    Ok(no)
 }
 
 fn insert_steps(
