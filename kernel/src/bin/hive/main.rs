@@ -7,6 +7,33 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc commits its arena as it uses it, rather than all at once: where transparent huge
+/// pages are `always` on, an eagerly committed arena turns every first touch into zeroing a
+/// 2 MiB page, which cost `hive` 3 to 6 ms at every start (BENCHMARKS.md). Disabling THP
+/// for the process instead (`MIMALLOC_ALLOW_THP=0`) would also disable it for every command
+/// `hive` runs (the flag is inherited across exec). Set before the first allocation: this
+/// runs from `.init_array`, ahead of the runtime's own initialisation; an explicit
+/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still wins.
+#[used]
+#[link_section = ".init_array.00099"]
+static MIMALLOC_OPTIONS: extern "C" fn() = {
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    /// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_t`.
+    const ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+    extern "C" fn set_mimalloc_options() {
+        // SAFETY: getenv reads the environment the loader set up (no allocation); setting a
+        // mimalloc option is a store into its option table, valid before initialisation.
+        unsafe {
+            if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+                mi_option_set(ARENA_EAGER_COMMIT, 0);
+            }
+        }
+    }
+    set_mimalloc_options
+};
+
 /// `println!` that tolerates a closed stdout (see [`say`]).
 macro_rules! say {
     ($($t:tt)*) => { $crate::say(format!($($t)*)) };
