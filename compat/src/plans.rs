@@ -397,7 +397,11 @@ impl Orchestrator {
         let cancel = opts.cancel.clone();
         let store = &self.inner.store;
         let prepared = match resume {
-            None => PlanRun::start(&kernel, plan, Some(store), opts).await,
+            // Legacy callers read the run record as soon as execute_plan returns.
+            None => match PlanRun::start(&kernel, plan, Some(store), opts).await {
+                Ok(mut r) => r.created().await.map(|()| r),
+                Err(e) => Err(e),
+            },
             Some(id) => PlanRun::resume(&kernel, plan, store, id, opts, false).await,
         };
         let run = match prepared {

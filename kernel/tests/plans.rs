@@ -738,6 +738,14 @@ async fn a_durable_run_is_in_the_database_and_its_jsonl_file() {
         .collect();
     let file = std::fs::read_to_string(store.events_path(&r.run_id)).expect("jsonl");
     let lines: Vec<&str> = file.lines().collect();
+    // A `run_created` header (the run's row and steps, not an event), then the events.
+    let header: Value = serde_json::from_str(lines[0]).expect("header");
+    assert_eq!(
+        (header["type"].as_str(), header["seq"].as_u64()),
+        (Some("run_created"), Some(0))
+    );
+    assert_eq!(header["steps"].as_array().map(Vec::len), Some(2));
+    let lines = &lines[1..];
     assert_eq!(lines, db, "the JSONL file and the events table agree");
     assert_eq!(db.len(), evs.len(), "the listener saw every event");
     let parsed: Vec<RunEvent> = lines
@@ -861,12 +869,14 @@ async fn recovery_replays_the_journal_the_database_had_not_caught_up_with() {
     .to_string();
     std::fs::write(&path, &text).expect("write");
     let p = Arc::new(Plan::load(&path, &BTreeMap::new()).expect("plan"));
-    // A run created, then "killed": its journal has events the database never saw.
-    let id = PlanRun::start(&e.kernel, p.clone(), Some(&store), RunOptions::new())
+    // A run created (in the database too), then "killed": its journal has events the
+    // database never saw.
+    let mut run = PlanRun::start(&e.kernel, p.clone(), Some(&store), RunOptions::new())
         .await
-        .expect("start")
-        .id()
-        .to_string();
+        .expect("start");
+    run.created().await.expect("created");
+    let id = run.id().to_string();
+    drop(run);
     let at = "2026-01-01T00:00:00.000000Z";
     let lines = [
         json!({"seq": 1, "at": at, "run": id, "type": "run_started", "plan_id": "t", "steps": 3, "resumed": false}),

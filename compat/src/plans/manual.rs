@@ -256,7 +256,12 @@ impl Orchestrator {
         let (tx, events) = mpsc::unbounded_channel();
         opts.listener = Some(tx);
         let cancel = opts.cancel.clone();
-        let run = match PlanRun::start(&kernel, plan, Some(&self.inner.store), opts).await {
+        // The legacy create_run's record is listed at once: wait for the database.
+        let started = match PlanRun::start(&kernel, plan, Some(&self.inner.store), opts).await {
+            Ok(mut r) => r.created().await.map(|()| r),
+            Err(e) => Err(e),
+        };
+        let run = match started {
             Ok(r) => r,
             Err(e) => {
                 kernel.shutdown(ShutdownMode::Now).await;

@@ -202,6 +202,8 @@ pub(crate) struct Exec {
     resumed: bool,
     restored_items: HashMap<String, StepRecord>,
     next_no: u32,
+    /// The writer operation that creates the run (0: none).
+    create_op: u64,
     rng: fastrand::Rng,
 }
 
@@ -306,6 +308,7 @@ impl Exec {
             resumed: false,
             restored_items: HashMap::new(),
             next_no: plan.steps.len() as u32,
+            create_op: 0,
             rng,
             plan,
             opts,
@@ -376,7 +379,7 @@ impl Exec {
                 return Err(StateError::Io { path, source }.into());
             }
             let mut w = store.writer(&ex.run_id, ex.listener.take())?;
-            w.send(Op::CreateRun { run, steps });
+            ex.create_op = w.send(Op::CreateRun { run, steps });
             w.flush();
             ex.writer = Some(w);
             ex.journal = Some(journal);
@@ -451,6 +454,14 @@ impl Exec {
 
     pub(crate) fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// Waits until the run's creation is in the database.
+    pub(crate) async fn wait_created(&mut self) -> Result<(), StateError> {
+        match &mut self.writer {
+            Some(w) if self.create_op > 0 => w.wait_for(self.create_op).await,
+            _ => Ok(()),
+        }
     }
 
     // ---------------------------------------------------------------------- events --
@@ -625,18 +636,27 @@ impl Exec {
         }
     }
 
-    fn report(&self, state: RunState, wall: Duration) -> RunReport {
-        let mut steps = Vec::with_capacity(self.nodes.len());
-        let push = |steps: &mut Vec<StepReport>, n: &Node| {
+    /// The run's report; moves the steps' results out (the run is over).
+    fn report(&mut self, state: RunState, wall: Duration) -> RunReport {
+        // Plan order, each step's items after it.
+        let mut order = Vec::with_capacity(self.nodes.len());
+        for i in 0..self.plan.steps.len().min(self.nodes.len()) {
+            order.push(i);
+            order.extend(self.nodes[i].children.iter().copied());
+        }
+        let mut steps = Vec::with_capacity(order.len());
+        for ix in order {
+            let parent = self.nodes[ix].parent.map(|p| self.nodes[p].id.clone());
+            let n = &mut self.nodes[ix];
             let s = &self.plan.steps[n.step];
             steps.push(StepReport {
                 id: n.id.clone(),
-                name: if n.parent.is_some() {
+                name: if parent.is_some() {
                     n.id.clone()
                 } else {
                     s.name.clone()
                 },
-                parent: n.parent.map(|p| self.nodes[p].id.clone()),
+                parent,
                 state: n.state,
                 attempts: n.attempts,
                 critical: s.critical,
@@ -644,17 +664,14 @@ impl Exec {
                 finished_at: n.finished_at,
                 duration: n.duration,
                 exit_code: n.exit_code,
-                error: n.error.clone(),
-                outputs: n.outputs.as_deref().cloned(),
-                result: n.result.clone(),
+                error: n.error.take(),
+                outputs: n
+                    .outputs
+                    .take()
+                    .map(|o| Arc::try_unwrap(o).unwrap_or_else(|o| (*o).clone())),
+                result: n.result.take(),
                 restored: n.restored,
             });
-        };
-        for n in self.nodes.iter().take(self.plan.steps.len()) {
-            push(&mut steps, n);
-            for &c in &n.children {
-                push(&mut steps, &self.nodes[c]);
-            }
         }
         RunReport {
             run_id: self.run_id.to_string(),

@@ -277,6 +277,13 @@ impl PlanRun {
         self.exec.run_id()
     }
 
+    /// Waits until the run and its steps are in the database too, so that
+    /// [`StateStore::runs`] lists it ([`PlanRun::start`] returns once they are in the run's
+    /// file; the run's own execution never waits for this).
+    pub async fn created(&mut self) -> Result<(), RunError> {
+        self.exec.wait_created().await.map_err(RunError::State)
+    }
+
     /// Executes the run to its end.
     pub async fn execute(self) -> Result<RunReport, RunError> {
         let PlanRun { exec, _lock } = self;

@@ -226,22 +226,23 @@ impl Checker<'_> {
         self.problems.push((kind, field.into(), message.into()));
     }
 
-    /// A plain string field: `$${` unescaped, no run-time reference.
-    fn literal(&mut self, s: &str, field: &str) -> String {
+    /// A plain string field: `$${` unescaped, no run-time reference. `field` builds the
+    /// field's path (only for a problem: most fields have none, and a plan has thousands).
+    fn literal(&mut self, s: &str, field: impl FnOnce() -> String) -> String {
         match template::literal(s) {
             Ok(v) => v,
             Err(e) => {
-                self.push(ProblemKind::BadReference, field, e);
+                self.push(ProblemKind::BadReference, field(), e);
                 s.to_string()
             }
         }
     }
 
-    fn template(&mut self, s: &str, field: &str) -> Template {
+    fn template(&mut self, s: &str, field: impl FnOnce() -> String) -> Template {
         match Template::compile(s) {
             Ok(t) => t,
             Err(e) => {
-                self.push(ProblemKind::BadReference, field, e);
+                self.push(ProblemKind::BadReference, field(), e);
                 Template::text(s)
             }
         }
@@ -270,7 +271,7 @@ impl Checker<'_> {
     }
 
     fn plan(&mut self, file: PlanFile, path: &Path, text: &str) -> Plan {
-        let plan_id = self.literal(&file.plan_id, "plan_id");
+        let plan_id = self.literal(&file.plan_id, || "plan_id".into());
         if plan_id.trim().is_empty() {
             self.push(
                 ProblemKind::BadValue,
@@ -278,11 +279,11 @@ impl Checker<'_> {
                 "expected a non-empty plan id",
             );
         }
-        let version = self.literal(&file.version.text(), "version");
+        let version = self.literal(&file.version.text(), || "version".into());
         let description = file
             .description
             .as_deref()
-            .map(|d| self.literal(d, "description"));
+            .map(|d| self.literal(d, || "description".into()));
         let max_concurrency = file.globals.max_concurrency.map(|n| n.0);
         if max_concurrency == Some(0) {
             self.push(
@@ -307,12 +308,12 @@ impl Checker<'_> {
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(file.steps.len());
         let mut ids: Vec<Arc<str>> = Vec::with_capacity(file.steps.len());
         for (i, s) in file.steps.iter().enumerate() {
-            let field = member(&element("steps", i), "id");
-            let id = self.literal(&s.id, &field);
+            let field = || member(&element("steps", i), "id");
+            let id = self.literal(&s.id, field);
             if !valid_id(&id) {
                 self.push(
                     ProblemKind::BadValue,
-                    &field,
+                    field(),
                     format!("step id {id:?}: expected letters, digits, `_` and `-` only"),
                 );
             }
@@ -320,7 +321,7 @@ impl Checker<'_> {
             if let Some(first) = index.get(&id) {
                 self.push(
                     ProblemKind::DuplicateId,
-                    &field,
+                    field(),
                     format!("duplicate step id `{id}` (first used by steps[{first}])"),
                 );
             } else {
@@ -367,14 +368,14 @@ impl Checker<'_> {
         index: &HashMap<Arc<str>, usize>,
         default_timeout: Option<Duration>,
     ) -> PlanStep {
-        let at = element("steps", i);
-        let f = |name: &str| member(&at, name);
+        let at = || element("steps", i);
+        let f = |name: &str| member(&at(), name);
         let name: Arc<str> = match &def.name {
-            Some(n) => Arc::from(self.literal(n, &f("name"))),
+            Some(n) => Arc::from(self.literal(n, || f("name"))),
             None => id.clone(),
         };
         let role = def.role.as_deref().map(|r| {
-            let r = self.literal(r, &f("role"));
+            let r = self.literal(r, || f("role"));
             if r.trim().is_empty() {
                 self.push(ProblemKind::BadValue, f("role"), "expected a role name");
             }
@@ -428,12 +429,12 @@ impl Checker<'_> {
                 if command.trim().is_empty() {
                     self.push(ProblemKind::BadValue, f("command"), "`command` is empty");
                 }
-                let command = self.template(command, &f("command"));
+                let command = self.template(command, || f("command"));
                 let args = def
                     .args
                     .iter()
                     .enumerate()
-                    .map(|(j, a)| self.template(&a.text(), &element(&f("args"), j)))
+                    .map(|(j, a)| self.template(&a.text(), || element(&f("args"), j)))
                     .collect();
                 let env = def
                     .env
@@ -447,10 +448,10 @@ impl Checker<'_> {
                                 format!("{k:?} is not an environment variable name"),
                             );
                         }
-                        (k.clone(), self.template(&v.text(), &field))
+                        (k.clone(), self.template(&v.text(), || field.clone()))
                     })
                     .collect();
-                let cwd = def.cwd.as_deref().map(|c| self.template(c, &f("cwd")));
+                let cwd = def.cwd.as_deref().map(|c| self.template(c, || f("cwd")));
                 Action::Command {
                     command,
                     args,
@@ -461,7 +462,7 @@ impl Checker<'_> {
             (None, None) => {
                 self.push(
                     ProblemKind::MissingField,
-                    &at,
+                    at(),
                     format!("step `{id}` needs a `command` (or a `role` and a `task`)"),
                 );
                 Action::Command {
@@ -476,14 +477,14 @@ impl Checker<'_> {
         let mut deps = Vec::with_capacity(def.depends_on.len());
         let mut seen = HashSet::new();
         for (j, d) in def.depends_on.iter().enumerate() {
-            let field = element(&f("depends_on"), j);
-            let d = self.literal(d, &field);
+            let field = || element(&f("depends_on"), j);
+            let d = self.literal(d, field);
             match index.get(d.as_str()) {
                 Some(&k) => {
                     if !seen.insert(k) {
                         self.push(
                             ProblemKind::BadValue,
-                            &field,
+                            field(),
                             format!("`{d}` is listed twice"),
                         );
                     } else {
@@ -496,7 +497,7 @@ impl Checker<'_> {
                         .unwrap_or_default();
                     self.push(
                         ProblemKind::UnknownDependency,
-                        &field,
+                        field(),
                         format!(
                             "step `{id}` depends on `{d}`, which is not a step of this plan{hint}"
                         ),
@@ -527,7 +528,7 @@ impl Checker<'_> {
         });
 
         let when = def.when.as_deref().and_then(|w| {
-            let w = self.literal(w, &f("when"));
+            let w = self.literal(w, || f("when"));
             match Expr::parse(&w, self.vars) {
                 Ok(e) => Some((w, e)),
                 Err(e) => {
@@ -554,7 +555,7 @@ impl Checker<'_> {
         let for_each = def.for_each.and_then(|fe| match fe {
             ForEachDef::Items(items) => Some(ForEach::Items(items)),
             ForEachDef::From(s) => {
-                let t = self.template(&s, &f("for_each"));
+                let t = self.template(&s, || f("for_each"));
                 let refs: Vec<&Ref> = t.refs().collect();
                 match (refs.as_slice(), t.as_static()) {
                     ([Ref::Output { step, path }], None) if s.trim().starts_with("${") && s.trim().ends_with('}') => {
@@ -583,7 +584,7 @@ impl Checker<'_> {
                     .inputs
                     .iter()
                     .enumerate()
-                    .map(|(j, p)| self.template(p, &element(&member(&f("cache"), "inputs"), j)))
+                    .map(|(j, p)| self.template(p, || element(&member(&f("cache"), "inputs"), j)))
                     .collect(),
                 key: w.key,
             }),
@@ -741,12 +742,16 @@ impl Checker<'_> {
                 } => {
                     refs.extend(command.refs().map(|r| (r.clone(), member(&at, "command"))));
                     for (j, a) in args.iter().enumerate() {
-                        let field = element(&member(&at, "args"), j);
-                        refs.extend(a.refs().map(|r| (r.clone(), field.clone())));
+                        refs.extend(
+                            a.refs()
+                                .map(|r| (r.clone(), element(&member(&at, "args"), j))),
+                        );
                     }
                     for (k, v) in env {
-                        let field = member(&member(&at, "env"), k);
-                        refs.extend(v.refs().map(|r| (r.clone(), field.clone())));
+                        refs.extend(
+                            v.refs()
+                                .map(|r| (r.clone(), member(&member(&at, "env"), k))),
+                        );
                     }
                     if let Some(c) = cwd {
                         refs.extend(c.refs().map(|r| (r.clone(), member(&at, "cwd"))));

@@ -631,7 +631,11 @@ impl StateStore {
         }
         let mut conn = self.conn.lock();
         let m = |e| db::map_err(&self.db, e);
-        let tx = conn.transaction().map_err(m)?;
+        // Immediate: the write lock first, so that a writer thread still committing the same
+        // run (its PlanRun was dropped without executing) is seen, not raced.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(m)?;
         let known = tx
             .query_row("SELECT 1 FROM runs WHERE run_id = ?1", [id], |_| Ok(()))
             .optional()

@@ -197,8 +197,15 @@ fn main() -> ! {
         }
     };
     // The command has shut down what it started (agents, the state writer, sinks). Tearing
-    // the runtime down as well would only wait for idle worker threads to wake up and leave:
-    // exit now (std flushes stdout on the way).
+    // the runtime down as well would only wait for idle worker threads to wake up and leave,
+    // and the allocator's exit handler would hand every page back to the system one madvise
+    // at a time: flush the standard streams and leave.
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
     std::mem::forget(rt);
-    std::process::exit(i32::from(code))
+    // SAFETY: _exit(2) ends the process; nothing after this line runs.
+    unsafe { libc::_exit(i32::from(code)) }
 }
