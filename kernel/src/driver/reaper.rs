@@ -1,13 +1,17 @@
 //! The orphan guard: a tiny process forked once per kernel process that holds the read end of
-//! a pipe. Every command the drivers start is registered with it (`+pgid`) and unregistered
-//! when its group is gone (`-pgid`). When the kernel process dies, even by SIGKILL, the pipe
-//! closes and the guard SIGKILLs every group still registered, so no command outlives `hive`.
+//! a pipe, and shares a bitmap of process groups with the kernel process. Every command the
+//! drivers start is registered in the bitmap (its group's bit set) and unregistered when its
+//! group is gone (bit cleared): plain atomic operations on shared memory, no system call and
+//! no wake-up of the guard per command. When the kernel process dies, even by SIGKILL, the
+//! pipe closes and the guard SIGKILLs every group whose bit is still set, so no command
+//! outlives `hive`.
 //!
 //! The forked child runs only async-signal-safe calls (`read`, `kill`, `close`, `_exit`) on
-//! memory allocated before the fork, as POSIX requires after forking a threaded process.
+//! memory mapped before the fork, as POSIX requires after forking a threaded process.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// pid_max is at most 2^22 on Linux (PID_MAX_LIMIT): one bit per possible pid.
@@ -15,8 +19,11 @@ const PID_LIMIT: usize = 1 << 22;
 
 #[derive(Debug)]
 struct Reaper {
-    fd: RawFd,
+    /// The write end of the pipe: never written, only held (its closing is the signal).
+    _pipe: RawFd,
     pid: libc::pid_t,
+    /// The bitmap shared with the guard (PID_LIMIT bits), mapped for the process's life.
+    bits: &'static [AtomicU64],
 }
 
 static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
@@ -46,17 +53,29 @@ pub(crate) fn guard_pid() -> Option<u32> {
     reaper().map(|r| r.pid as u32)
 }
 
+/// The word and bit of `pgid` in the shared bitmap.
+fn slot(pgid: u32) -> (usize, u64) {
+    let i = pgid as usize;
+    (i / 64, 1u64 << (i % 64))
+}
+
 /// Registers process group `pgid` (a command started with `process_group(0)`).
 pub(crate) fn register(pgid: u32) {
     if let Some(r) = reaper() {
-        r.send(b'+', pgid);
+        let (w, mask) = slot(pgid);
+        if let Some(word) = r.bits.get(w) {
+            word.fetch_or(mask, Ordering::Release);
+        }
     }
 }
 
 /// Unregisters process group `pgid` (its leader has been reaped and the group killed).
 pub(crate) fn unregister(pgid: u32) {
     if let Some(r) = reaper() {
-        r.send(b'-', pgid);
+        let (w, mask) = slot(pgid);
+        if let Some(word) = r.bits.get(w) {
+            word.fetch_and(!mask, Ordering::Release);
+        }
     }
 }
 
@@ -86,10 +105,8 @@ impl Reaper {
                 libc::close(wr);
             }
         };
-        // The child's bitmap, mapped before the fork (the child only writes into it). A
-        // private anonymous mapping costs nothing until touched: the guard's memory is the
-        // pages of the pids it registers, not 512 KiB zeroed at every start (nor a 2 MiB
-        // huge page where transparent huge pages are on).
+        // The bitmap, shared with the child: a shared anonymous mapping costs nothing until
+        // touched (the pages of the pids registered), and both processes see every update.
         let bytes = PID_LIMIT / 8;
         // SAFETY: a fresh anonymous mapping; checked for MAP_FAILED below.
         let map = unsafe {
@@ -97,7 +114,7 @@ impl Reaper {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -107,8 +124,10 @@ impl Reaper {
             close_pipe();
             return Err(e);
         }
-        // SAFETY: advice on the mapping just made; failure only costs memory.
-        unsafe { libc::madvise(map, bytes, libc::MADV_NOHUGEPAGE) };
+        // SAFETY: the mapping is `bytes` of zeroed memory, aligned to a page (so to u64), valid
+        // for the rest of the process's life (never unmapped); AtomicU64 has u64's layout.
+        let bits: &'static [AtomicU64] =
+            unsafe { std::slice::from_raw_parts(map.cast::<AtomicU64>(), bytes / 8) };
         // SAFETY: fork(2); the child runs only async-signal-safe code (see guard_main).
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -119,53 +138,22 @@ impl Reaper {
             return Err(e);
         }
         if pid == 0 {
-            // SAFETY: we are the freshly forked child; `map` is `bytes` of zeroed, writable,
-            // u64-aligned memory that only this process uses from now on.
-            unsafe {
-                let bits = std::slice::from_raw_parts_mut(map.cast::<u64>(), bytes / 8);
-                guard_main(rd, wr, bits)
-            }
+            // SAFETY: we are the freshly forked child.
+            unsafe { guard_main(rd, wr, bits) }
         }
-        // SAFETY: the mapping is the child's copy now; the read end belongs to the child.
-        unsafe {
-            libc::munmap(map, bytes);
-            libc::close(rd);
-        }
-        Ok(Reaper { fd: wr, pid })
-    }
-
-    fn send(&self, sign: u8, pid: u32) {
-        let mut buf = [0u8; 16];
-        buf[0] = sign;
-        let mut digits = [0u8; 10];
-        let mut n = pid;
-        let mut len = 0;
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for i in 0..len {
-            buf[1 + i] = digits[len - 1 - i];
-        }
-        buf[1 + len] = b'\n';
-        let total = len + 2;
-        loop {
-            // SAFETY: buf is valid for `total` bytes; writes under PIPE_BUF are atomic.
-            let r = unsafe { libc::write(self.fd, buf.as_ptr().cast(), total) };
-            if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break;
-            }
-        }
+        // SAFETY: the read end belongs to the child now.
+        unsafe { libc::close(rd) };
+        Ok(Reaper {
+            _pipe: wr,
+            pid,
+            bits,
+        })
     }
 }
 
 /// The guard's whole life. Only async-signal-safe calls; no allocation, no panics (all
 /// indexing is checked, all arithmetic wrapping).
-unsafe fn guard_main(rd: RawFd, wr: RawFd, bits: &mut [u64]) -> ! {
+unsafe fn guard_main(rd: RawFd, wr: RawFd, bits: &[AtomicU64]) -> ! {
     // SAFETY (whole block): plain syscalls on fds and signals we own.
     unsafe {
         libc::close(wr);
@@ -212,45 +200,17 @@ unsafe fn guard_main(rd: RawFd, wr: RawFd, bits: &mut [u64]) -> ! {
             0,
         );
 
-        let mut buf = [0u8; 4096];
-        let mut sign = 0u8;
-        let mut num: u64 = 0;
+        // Nothing is ever written to the pipe: wait for its end (the kernel process is gone).
+        let mut buf = [0u8; 64];
         loop {
             let n = libc::read(rd, buf.as_mut_ptr().cast(), buf.len());
-            if n < 0 {
-                if *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
+            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
                 break;
-            }
-            if n == 0 {
-                break;
-            }
-            for &b in buf.iter().take(n as usize) {
-                match b {
-                    b'+' | b'-' => {
-                        sign = b;
-                        num = 0;
-                    }
-                    b'0'..=b'9' => num = num.wrapping_mul(10).wrapping_add((b - b'0') as u64),
-                    b'\n' => {
-                        let idx = num as usize;
-                        if let Some(word) = bits.get_mut(idx / 64) {
-                            let mask = 1u64 << (idx % 64);
-                            if sign == b'+' {
-                                *word |= mask;
-                            } else if sign == b'-' {
-                                *word &= !mask;
-                            }
-                        }
-                        sign = 0;
-                    }
-                    _ => {}
-                }
             }
         }
-        // The kernel process is gone: kill every group still registered.
-        for (w, &word) in bits.iter().enumerate() {
+        // Kill every group still registered in the shared bitmap.
+        for (w, word) in bits.iter().enumerate() {
+            let word = word.load(Ordering::Acquire);
             if word == 0 {
                 continue;
             }
