@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{RunRow, StepRow};
 
@@ -73,26 +73,43 @@ impl Journal {
 /// still be resumed (see `StateStore::run`). It has `seq` 0: it is not an event.
 pub(crate) const HEADER_TYPE: &str = "run_created";
 
-/// The header line of a new run.
+/// The header line of a new run (serialized straight from the rows: a plan of 100,000 steps
+/// makes a header of a few MB, and a `Value` tree of it cost more than the run's creation).
 pub(crate) fn header_line(run: &RunRow, steps: &[StepRow]) -> String {
-    json!({
-        "seq": 0,
-        "at": super::ts(run.created_at),
-        "run": &*run.run_id,
-        "type": HEADER_TYPE,
-        "plan_id": run.plan_id,
-        "plan_version": run.plan_version,
-        "plan_path": run.plan_path,
-        "plan_hash": run.plan_hash,
-        "vars": run.vars,
-        "options": run.options,
-        "metadata": run.metadata,
-        "steps": steps
+    #[derive(serde::Serialize)]
+    struct Header<'a> {
+        seq: u64,
+        at: String,
+        run: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        plan_id: &'a str,
+        plan_version: &'a str,
+        plan_path: &'a str,
+        plan_hash: &'a str,
+        vars: &'a str,
+        options: &'a str,
+        metadata: Option<&'a str>,
+        steps: Vec<(u32, i64, &'a str, &'a str)>,
+    }
+    let h = Header {
+        seq: 0,
+        at: super::ts(run.created_at),
+        run: &run.run_id,
+        kind: HEADER_TYPE,
+        plan_id: &run.plan_id,
+        plan_version: &run.plan_version,
+        plan_path: &run.plan_path,
+        plan_hash: &run.plan_hash,
+        vars: &run.vars,
+        options: &run.options,
+        metadata: run.metadata.as_deref(),
+        steps: steps
             .iter()
-            .map(|s| json!([s.no, s.ord, &*s.step_id, &*s.name]))
-            .collect::<Vec<_>>(),
-    })
-    .to_string()
+            .map(|s| (s.no, s.ord, &*s.step_id, &*s.name))
+            .collect(),
+    };
+    serde_json::to_string(&h).unwrap_or_default()
 }
 
 /// The run and steps of `path`'s header line; `None` when the file is missing or does not
