@@ -63,20 +63,7 @@ pub struct PipelineProblem {
 impl PipelineProblem {
     /// `file:line:column: field: message`.
     pub fn render(&self, path: &Path) -> String {
-        let mut s = path.display().to_string();
-        if let Some(l) = self.line {
-            s.push_str(&format!(":{l}"));
-            if let Some(c) = self.column {
-                s.push_str(&format!(":{c}"));
-            }
-        }
-        s.push_str(": ");
-        if !self.field.is_empty() {
-            s.push_str(&self.field);
-            s.push_str(": ");
-        }
-        s.push_str(&self.message);
-        s
+        hive_kernel::render_problem(path, self.line, self.column, &self.field, &self.message)
     }
 }
 

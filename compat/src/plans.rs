@@ -447,26 +447,13 @@ impl Orchestrator {
             .into());
         }
         let plan = Plan::load(&record.plan_path, &record.vars)?;
-        let o = &record.options;
         let max = self
             .inner
             .max_concurrency
-            .or(o["max_concurrency"]
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok()))
+            .or(record.max_concurrency())
             .or(plan.max_concurrency())
             .unwrap_or(4);
-        let mut opts = RunOptions::new();
-        opts.vars = record.vars.clone();
-        if let Some(w) = o["workdir"].as_str() {
-            opts.workdir = PathBuf::from(w);
-        }
-        opts.cache = if o["cache"] == "refresh" {
-            CacheMode::Refresh
-        } else {
-            CacheMode::Use
-        };
-        opts.extra = o["extra"].clone();
+        let opts = RunOptions::of_run(&record);
         let handle = self.launch(Arc::new(plan), opts, max, Some(run_id)).await?;
         handle.wait().await
     }

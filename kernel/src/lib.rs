@@ -52,8 +52,8 @@ pub use kernel::{
     TaskHandle,
 };
 pub use plan::{
-    parse_yaml, path_element, path_member, OnFailure, Plan, PlanError, Pos, Positions, Problem,
-    ProblemKind, SyntaxError,
+    parse_yaml, path_element, path_member, render_problem, OnFailure, Plan, PlanError, Pos,
+    Positions, Problem, ProblemKind, SyntaxError,
 };
 pub use plugin::{
     inspect as inspect_plugin, search_path as plugin_search_path, LinkedPlugin, LoadErrorKind,

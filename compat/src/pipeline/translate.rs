@@ -566,19 +566,7 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
     if !cx.problems.is_empty() {
         return None;
     }
-    let explicit: Vec<Vec<usize>> = steps
-        .iter()
-        .map(|s| {
-            s.deps
-                .iter()
-                .filter_map(|d| index.get(d).copied())
-                .collect()
-        })
-        .collect();
-    let Some(explicit_anc) = ancestors(&explicit) else {
-        report_cycle(&steps, &explicit, cx);
-        return None;
-    };
+    let explicit_anc = ancestors_or_cycle(&steps, &index, cx)?;
 
     // Routes: goto targets get a dependency on their source and a trigger.
     for si in 0..steps.len() {
@@ -663,19 +651,7 @@ fn translate_doc(doc: &Value, path: &Path, cx: &mut Cx<'_>) -> Option<(Value, Ve
     if !cx.problems.is_empty() {
         return None;
     }
-    let graph: Vec<Vec<usize>> = steps
-        .iter()
-        .map(|s| {
-            s.deps
-                .iter()
-                .filter_map(|d| index.get(d).copied())
-                .collect()
-        })
-        .collect();
-    let Some(anc) = ancestors(&graph) else {
-        report_cycle(&steps, &graph, cx);
-        return None;
-    };
+    let anc = ancestors_or_cycle(&steps, &index, cx)?;
 
     // Second pass: templates, conditions, the plan steps.
     let outputs: BTreeMap<String, Vec<String>> = steps
@@ -849,6 +825,28 @@ fn kind_for(message: &str) -> ProblemKind {
     } else {
         ProblemKind::Invalid
     }
+}
+
+/// Transitive dependencies of every step (by its `deps`), or None after reporting a cycle.
+fn ancestors_or_cycle(
+    steps: &[Step],
+    index: &HashMap<String, usize>,
+    cx: &mut Cx<'_>,
+) -> Option<Vec<BTreeSet<usize>>> {
+    let graph: Vec<Vec<usize>> = steps
+        .iter()
+        .map(|s| {
+            s.deps
+                .iter()
+                .filter_map(|d| index.get(d).copied())
+                .collect()
+        })
+        .collect();
+    let anc = ancestors(&graph);
+    if anc.is_none() {
+        report_cycle(steps, &graph, cx);
+    }
+    anc
 }
 
 /// Transitive dependencies of every node, or None if the graph has a cycle.

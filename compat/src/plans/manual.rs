@@ -290,13 +290,8 @@ impl Orchestrator {
         let plan = Arc::new(Plan::load(&record.plan_path, &record.vars)?);
         let token = record.vars.get("RUN_GATE").cloned().unwrap_or_default();
         let kernel = self.gate_kernel().await?;
-        let mut opts = RunOptions::new();
-        opts.vars = record.vars.clone();
+        let mut opts = RunOptions::of_run(record);
         opts.max_concurrency = 1;
-        if let Some(w) = record.options["workdir"].as_str() {
-            opts.workdir = PathBuf::from(w);
-        }
-        opts.extra = record.options["extra"].clone();
         let (tx, events) = mpsc::unbounded_channel();
         opts.listener = Some(tx);
         let cancel = opts.cancel.clone();

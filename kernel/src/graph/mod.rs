@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::Timestamp;
 use crate::kernel::Kernel;
 use crate::plan::Plan;
-use crate::state::{RunEvent, RunLock, RunState, StateError, StateStore, StepState};
+use crate::state::{RunEvent, RunLock, RunRecord, RunState, StateError, StateStore, StepState};
 
 /// Why a run could not be started, resumed or finished.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,27 @@ impl RunOptions {
     /// The defaults: 4 at once, role `local` for commands, the current directory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The settings run `record` was started with (its variables, working directory, cache
+    /// mode, `extra` and recorded max concurrency), to resume it with; the rest is default.
+    pub fn of_run(record: &RunRecord) -> Self {
+        let o = &record.options;
+        let mut opts = Self::new();
+        opts.vars = record.vars.clone();
+        if let Some(w) = o["workdir"].as_str() {
+            opts.workdir = PathBuf::from(w);
+        }
+        opts.cache = if o["cache"] == "refresh" {
+            CacheMode::Refresh
+        } else {
+            CacheMode::Use
+        };
+        opts.extra = o["extra"].clone();
+        if let Some(n) = record.max_concurrency() {
+            opts.max_concurrency = n as usize;
+        }
+        opts
     }
 }
 

@@ -122,21 +122,33 @@ fn show_problems(path: &Path, problems: &[Problem]) -> String {
 impl Problem {
     /// `file:line:col: field: message`.
     pub fn render(&self, path: &Path) -> String {
-        let mut s = path.display().to_string();
-        if let Some(l) = self.line {
-            s.push_str(&format!(":{l}"));
-            if let Some(c) = self.column {
-                s.push_str(&format!(":{c}"));
-            }
-        }
-        s.push_str(": ");
-        if !self.field.is_empty() {
-            s.push_str(&self.field);
-            s.push_str(": ");
-        }
-        s.push_str(&self.message);
-        s
+        render_problem(path, self.line, self.column, &self.field, &self.message)
     }
+}
+
+/// `file:line:col: field: message`, leaving out what is unknown: how a problem in a file of
+/// the user's is shown (plans here, and any reader that locates its problems the same way).
+pub fn render_problem(
+    path: &Path,
+    line: Option<usize>,
+    column: Option<usize>,
+    field: &str,
+    message: &str,
+) -> String {
+    let mut s = path.display().to_string();
+    if let Some(l) = line {
+        s.push_str(&format!(":{l}"));
+        if let Some(c) = column {
+            s.push_str(&format!(":{c}"));
+        }
+    }
+    s.push_str(": ");
+    if !field.is_empty() {
+        s.push_str(field);
+        s.push_str(": ");
+    }
+    s.push_str(message);
+    s
 }
 
 impl fmt::Display for Problem {

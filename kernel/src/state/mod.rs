@@ -349,6 +349,14 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The max concurrency it was started with (`None` if not recorded).
+    pub fn max_concurrency(&self) -> Option<u32> {
+        self.options["max_concurrency"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+    }
+
     /// The state word to show: `interrupted` for a dead `running` run.
     pub fn shown_state(&self) -> &'static str {
         if self.interrupted {

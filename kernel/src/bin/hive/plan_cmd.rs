@@ -526,20 +526,10 @@ pub(crate) async fn resume(args: ResumeArgs) -> Result<u8, Exit> {
     check_roles(&plan, config.as_ref().map(|c| &c.1), config_path.as_deref())?;
     let max = args
         .max_concurrency
-        .or(o["max_concurrency"].as_u64().map(|n| n as u32))
+        .or(record.max_concurrency())
         .or(plan.max_concurrency())
         .unwrap_or(4);
-    let mut opts = RunOptions::new();
-    opts.vars = record.vars.clone();
-    if let Some(w) = o["workdir"].as_str() {
-        opts.workdir = PathBuf::from(w);
-    }
-    opts.cache = if o["cache"] == "refresh" {
-        CacheMode::Refresh
-    } else {
-        CacheMode::Use
-    };
-    opts.extra = o["extra"].clone();
+    let opts = RunOptions::of_run(&record);
     launch(Launch {
         plan: Arc::new(plan),
         config,
