@@ -80,20 +80,27 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
     let server = serve_control(kernel.clone(), sock.clone())
         .await
         .map_err(|e| Exit::failed(e.to_string()))?;
+    // Listening before the ready line: a signal sent as soon as it shows is not lost.
+    let mut stop = Stop::new();
     let h = kernel.health();
-    eprintln!(
-        "hive agents: {} agent(s) ready in {} role(s) from {}; health: hive health --config {}; Ctrl-C drains",
+    // One write, so that a reader never sees the line half-written (stderr is unbuffered).
+    let line = format!(
+        "hive agents: {} agent(s) ready in {} role(s) from {}; health: hive health --config {}; Ctrl-C drains\n",
         h.agents.ready + h.agents.busy,
         h.roles.len(),
         args.config.display(),
         args.config.display()
     );
-    wait_for_stop().await;
+    {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    stop.wait().await;
     eprintln!("hive agents: draining (Ctrl-C again to stop now)");
     let drain = kernel.shutdown(ShutdownMode::Graceful);
     tokio::select! {
         _ = drain => {}
-        _ = wait_for_stop() => {
+        _ = stop.wait() => {
             eprintln!("hive agents: stopping now");
             kernel.shutdown(ShutdownMode::Now).await;
         }
@@ -106,17 +113,33 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
     Ok(0)
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+/// SIGINT and SIGTERM, listened for from the moment it is made.
+struct Stop {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        use tokio::signal::unix::{signal, SignalKind};
+        Stop {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// The next SIGINT or SIGTERM (Ctrl-C only, if the listeners could not be set up).
+    async fn wait(&mut self) {
+        match (&mut self.int, &mut self.term) {
+            (Some(int), Some(term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
