@@ -19,6 +19,7 @@ pub(crate) mod inproc;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reaper;
+pub(crate) mod spawn;
 pub(crate) mod stdio;
 pub(crate) mod which;
 

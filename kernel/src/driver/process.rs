@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::output::Tail;
 use super::reaper;
+use super::spawn;
 use super::which;
 use super::{AgentContext, AgentHandle, AgentLink, Driver, DriverError, TaskContext};
 use crate::agent::ShutdownMode;
@@ -290,7 +291,7 @@ impl AgentHandle for ProcessAgent {
         let resolved = path_var
             .as_deref()
             .and_then(|p| which::resolve(&cl.program, p));
-        let build = |program: &std::ffi::OsStr| {
+        let std_build = |program: &std::ffi::OsStr| {
             let mut cmd = tokio::process::Command::new(program);
             cmd.arg0(&cl.program)
                 .args(&cl.args)
@@ -305,37 +306,61 @@ impl AgentHandle for ProcessAgent {
             }
             cmd
         };
-        let spawned = match &resolved {
-            Some(p) => match build(p.as_os_str()).spawn() {
-                Ok(c) => Ok(c),
-                Err(_) => {
+        let std_spawn = |program: &std::ffi::OsStr| std_build(program).spawn().map(Proc::Std);
+        // The file to execute: a path as given, or the one found on the PATH.
+        let file: Option<&std::ffi::OsStr> = if cl.program.contains('/') {
+            Some(std::ffi::OsStr::new(&cl.program))
+        } else {
+            resolved.as_deref().map(|p| p.as_os_str())
+        };
+        let fast = |file: &std::ffi::OsStr| {
+            spawn::start(&spawn::Command {
+                path: file,
+                arg0: &cl.program,
+                args: &cl.args,
+                env: &cl.env,
+                cwd: cl.cwd.as_deref(),
+            })
+        };
+        let spawned = match file {
+            Some(f) => match fast(f) {
+                Ok(Some(c)) => Ok(Proc::Fast(c)),
+                Ok(None) => std_spawn(f),
+                Err(e) if resolved.is_some() && !cl.program.contains('/') => {
                     // Gone or changed since it was remembered: search again.
+                    tracing::debug!(
+                        "`{}` at {}: {e}; searching PATH again",
+                        cl.program,
+                        f.to_string_lossy()
+                    );
                     if let Some(pv) = &path_var {
                         which::forget(&cl.program, pv);
                     }
-                    build(std::ffi::OsStr::new(&cl.program)).spawn()
+                    std_spawn(std::ffi::OsStr::new(&cl.program))
                 }
+                Err(e) => Err(e),
             },
-            None => build(std::ffi::OsStr::new(&cl.program)).spawn(),
+            None => std_spawn(std::ffi::OsStr::new(&cl.program)),
         };
         let mut child = spawned.map_err(|e| {
             let mut err = TaskError::new(format!("cannot start `{}`: {e}", cl.program));
             err.retryable = !matches!(
                 e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidInput
             );
             err
         })?;
-        let pgid = child.id().unwrap_or(0);
+        let pgid = child.id();
         reaper::register(pgid);
         let mut guard = GroupGuard { pgid, armed: true };
 
-        let mut out = child.stdout.take();
-        let mut err = child.stderr.take();
+        let (mut out, mut err) = child.pipes();
         let mut out_tail = Tail::new(self.cfg.tail_bytes);
         let mut err_tail = Tail::new(self.cfg.tail_bytes);
-        let mut obuf = vec![0u8; 8192];
-        let mut ebuf = vec![0u8; 8192];
+        let mut obuf = Vec::with_capacity(8192);
+        let mut ebuf = Vec::with_capacity(8192);
         let mut term_at: Option<Instant> = None;
         let mut killed = false;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -400,17 +425,52 @@ impl AgentHandle for ProcessAgent {
     async fn stop(&self, _mode: ShutdownMode) {}
 }
 
-/// Reads a chunk; `None` at EOF or error. Pending forever on a closed stream.
-async fn read_some<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut Option<R>,
-    buf: &mut [u8],
-) -> Option<usize> {
+/// Reads a chunk into `buf` (replacing what it held, never zeroing it first); `None` at EOF
+/// or error. Pending forever on a closed stream.
+async fn read_some(r: &mut Option<Reader>, buf: &mut Vec<u8>) -> Option<usize> {
     match r {
-        Some(r) => match r.read(buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => Some(n),
-        },
+        Some(r) => {
+            buf.clear();
+            match r.read_buf(buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(n),
+            }
+        }
         None => std::future::pending().await,
+    }
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// A started command: by the fast path (see `spawn`) or by std where that is refused.
+enum Proc {
+    Fast(spawn::Child),
+    Std(tokio::process::Child),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Fast(c) => c.id(),
+            Proc::Std(c) => c.id().unwrap_or(0),
+        }
+    }
+
+    fn pipes(&mut self) -> (Option<Reader>, Option<Reader>) {
+        fn boxed<R: tokio::io::AsyncRead + Send + Unpin + 'static>(r: Option<R>) -> Option<Reader> {
+            r.map(|r| Box::new(r) as Reader)
+        }
+        match self {
+            Proc::Fast(c) => (boxed(c.stdout.take()), boxed(c.stderr.take())),
+            Proc::Std(c) => (boxed(c.stdout.take()), boxed(c.stderr.take())),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Fast(c) => c.wait().await,
+            Proc::Std(c) => c.wait().await,
+        }
     }
 }
 
