@@ -59,14 +59,19 @@ impl Child {
     /// Waits for the command to end and reaps it.
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
-            if let Some(s) = self.try_wait()? {
+            if let Some(s) = self.status {
                 return Ok(s);
             }
+            // The pidfd turns readable when the process has ended (epoll reports that even
+            // if it ended before the descriptor was registered).
             let Some(fd) = &self.pidfd else {
                 return Err(io::Error::other("the command was reaped already"));
             };
             let mut ready = fd.readable().await?;
             ready.clear_ready();
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
         }
     }
 

@@ -197,6 +197,8 @@ pub(crate) struct Exec {
     stop: CancellationToken,
     failure: Option<StateError>,
     scratch: Option<PathBuf>,
+    /// `scratch`, open (outputs files are looked up in it by name).
+    scratch_fd: Option<std::os::fd::OwnedFd>,
     temp_scratch: bool,
     cache_on: bool,
     resumed: bool,
@@ -303,6 +305,7 @@ impl Exec {
             stop: CancellationToken::new(),
             failure: None,
             scratch: None,
+            scratch_fd: None,
             temp_scratch: false,
             cache_on: false,
             resumed: false,
@@ -340,6 +343,7 @@ impl Exec {
             }
         };
         if std::fs::create_dir_all(&dir).is_ok() {
+            self.scratch_fd = outputs::open_dir(&dir);
             self.scratch = Some(dir);
         }
     }
@@ -518,7 +522,13 @@ impl Exec {
             }
         }
         if let Some(w) = &mut self.writer {
-            w.flush();
+            // When every step left is running (the last round), the writer commits at once
+            // instead of gathering: the run's end then waits for a small last batch.
+            if self.unended <= self.running {
+                w.flush_now();
+            } else {
+                w.flush();
+            }
             match w.committed() {
                 Err(e) => self.state_failed(e),
                 // Backpressure: the database may lag the journal, but not without bound.
@@ -601,7 +611,13 @@ impl Exec {
                 }
             }
         }
-        if let Some(w) = self.writer.take() {
+        // The writer commits what is left while the report is built.
+        let mut writer = self.writer.take();
+        if let Some(w) = &mut writer {
+            w.close();
+        }
+        let report = self.report(state, t0.elapsed());
+        if let Some(w) = writer {
             let r = w.finish().await;
             if self.failure.is_none() {
                 if let Err(e) = r {
@@ -617,7 +633,7 @@ impl Exec {
         if let Some(e) = self.failure.take() {
             return Err(RunError::State(e));
         }
-        Ok(self.report(state, t0.elapsed()))
+        Ok(report)
     }
 
     fn final_state(&self) -> RunState {
@@ -1232,7 +1248,7 @@ impl Exec {
         let stdout = v.get("stdout").and_then(Value::as_str).unwrap_or("");
         let mut outs = outputs::from_stdout(stdout)?;
         if let Some(f) = out_file {
-            if let Some(m) = outputs::from_file(f)? {
+            if let Some(m) = outputs::from_file(f, self.scratch_fd.as_ref())? {
                 outs.extend(m);
             }
         }

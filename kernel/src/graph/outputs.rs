@@ -37,8 +37,19 @@ pub(crate) fn from_stdout(stdout: &str) -> Result<Map<String, Value>, String> {
 
 /// Outputs written to the `$HIVE_OUTPUTS` file: a JSON object, or `key=value` lines (values
 /// are strings). `None` when the command wrote no file.
-pub(crate) fn from_file(path: &Path) -> Result<Option<Map<String, Value>>, String> {
-    let text = match std::fs::read_to_string(path) {
+///
+/// `dir` is an open descriptor of the file's directory, when there is one: the file is then
+/// looked up in it by name (most commands write no file, and a failed open of the whole
+/// path cost a few microseconds of every step).
+pub(crate) fn from_file(
+    path: &Path,
+    dir: Option<&std::os::fd::OwnedFd>,
+) -> Result<Option<Map<String, Value>>, String> {
+    let read = match (dir, path.file_name()) {
+        (Some(d), Some(name)) => read_at(d, name),
+        _ => std::fs::read_to_string(path),
+    };
+    let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
@@ -75,6 +86,41 @@ pub(crate) fn from_file(path: &Path) -> Result<Option<Map<String, Value>>, Strin
         }
     }
     Ok(Some(m))
+}
+
+/// Reads file `name` of directory `dir`.
+fn read_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: openat on an open directory descriptor with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// An open descriptor of directory `dir` (for [`from_file`]); `None` if it cannot be opened.
+pub(crate) fn open_dir(dir: &Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .ok()
+        .map(std::os::fd::OwnedFd::from)
 }
 
 /// What goes into a cache key.
@@ -194,19 +240,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hive-outputs-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let f = dir.join("o");
-        assert_eq!(from_file(&f).expect("missing is fine"), None);
-        std::fs::write(&f, "{\"a\": [1, 2]}").expect("write");
-        assert_eq!(
-            from_file(&f).expect("json").map(Value::Object),
-            Some(json!({"a": [1, 2]}))
-        );
-        std::fs::write(&f, "a=1\nb = x=y\n\n").expect("write");
-        assert_eq!(
-            from_file(&f).expect("kv").map(Value::Object),
-            Some(json!({"a": "1", "b": " x=y"}))
-        );
-        std::fs::write(&f, "no equals sign\n").expect("write");
-        assert!(from_file(&f).is_err());
+        let fd = open_dir(&dir).expect("the directory opens");
+        // By path, and by name in the open directory: the same answers.
+        for d in [None, Some(&fd)] {
+            std::fs::remove_file(&f).ok();
+            assert_eq!(from_file(&f, d).expect("missing is fine"), None);
+            std::fs::write(&f, "{\"a\": [1, 2]}").expect("write");
+            assert_eq!(
+                from_file(&f, d).expect("json").map(Value::Object),
+                Some(json!({"a": [1, 2]}))
+            );
+            std::fs::write(&f, "a=1\nb = x=y\n\n").expect("write");
+            assert_eq!(
+                from_file(&f, d).expect("kv").map(Value::Object),
+                Some(json!({"a": "1", "b": " x=y"}))
+            );
+            std::fs::write(&f, "no equals sign\n").expect("write");
+            let e = from_file(&f, d).expect_err("neither form");
+            assert!(e.contains("line 1: expected key=value"), "{e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -223,6 +223,13 @@ impl Writer {
         self.hand_over(false);
     }
 
+    /// Hands the queued operations over and has them committed without gathering more.
+    pub(crate) fn flush_now(&mut self) {
+        if !self.pending.is_empty() {
+            self.hand_over(true);
+        }
+    }
+
     fn hand_over(&mut self, urgent: bool) {
         if self.pending.is_empty() && !urgent {
             return;
@@ -247,7 +254,9 @@ impl Writer {
         }
     }
 
-    fn close(&mut self) {
+    /// Hands everything over and lets the thread end once it is written ([`Writer::finish`]
+    /// waits for that).
+    pub(crate) fn close(&mut self) {
         self.hand_over(true);
         self.shared.queue.lock().closed = true;
         self.shared.wake.notify_one();
