@@ -18,6 +18,12 @@
 //! The process's environment is read once, at the first command: `hive` never changes its
 //! own environment while it runs (a command's variables go to that command only).
 
+// Elsewhere than Linux x86-64 only `start` (answering "use std") is compiled in use.
+#![cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
