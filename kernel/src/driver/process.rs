@@ -291,7 +291,8 @@ impl AgentHandle for ProcessAgent {
         let resolved = path_var
             .as_deref()
             .and_then(|p| which::resolve(&cl.program, p));
-        let std_build = |program: &std::ffi::OsStr| {
+        // std's Command: where the fast path is refused, or to let the system search PATH.
+        let std_spawn = |program: &std::ffi::OsStr| {
             let mut cmd = tokio::process::Command::new(program);
             cmd.arg0(&cl.program)
                 .args(&cl.args)
@@ -304,30 +305,27 @@ impl AgentHandle for ProcessAgent {
             if let Some(cwd) = &cl.cwd {
                 cmd.current_dir(cwd);
             }
-            cmd
+            cmd.spawn().map(Proc::Std)
         };
-        let std_spawn = |program: &std::ffi::OsStr| std_build(program).spawn().map(Proc::Std);
         // The file to execute: a path as given, or the one found on the PATH.
         let file: Option<&std::ffi::OsStr> = if cl.program.contains('/') {
             Some(std::ffi::OsStr::new(&cl.program))
         } else {
             resolved.as_deref().map(|p| p.as_os_str())
         };
-        let fast = |file: &std::ffi::OsStr| {
-            spawn::start(&spawn::Command {
-                path: file,
+        let spawned = match file {
+            Some(f) => match spawn::start(&spawn::Command {
+                path: f,
                 arg0: &cl.program,
                 args: &cl.args,
                 env: &cl.env,
                 cwd: cl.cwd.as_deref(),
-            })
-        };
-        let spawned = match file {
-            Some(f) => match fast(f) {
+            }) {
                 Ok(Some(c)) => Ok(Proc::Fast(c)),
                 Ok(None) => std_spawn(f),
-                Err(e) if resolved.is_some() && !cl.program.contains('/') => {
-                    // Gone or changed since it was remembered: search again.
+                // A remembered PATH answer (never a name with `/`) that no longer holds:
+                // forget it and let the system search again.
+                Err(e) if resolved.is_some() => {
                     tracing::debug!(
                         "`{}` at {}: {e}; searching PATH again",
                         cl.program,

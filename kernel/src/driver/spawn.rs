@@ -29,7 +29,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use tokio::io::unix::AsyncFd;
@@ -120,14 +120,12 @@ impl Drop for Child {
     }
 }
 
-const UNKNOWN: u8 = 0;
-const WORKS: u8 = 1;
-const REFUSED: u8 = 2;
-static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// Set once `clone3` has been refused: every later command goes through std at once.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Starts `cmd`, or `Ok(None)` where this way of starting is not available (use std).
 pub(crate) fn start(cmd: &Command<'_>) -> io::Result<Option<Child>> {
-    if SUPPORT.load(Ordering::Relaxed) == REFUSED {
+    if REFUSED.load(Ordering::Relaxed) {
         return Ok(None);
     }
     imp::start(cmd)
@@ -246,6 +244,29 @@ struct Setup {
     stderr: RawFd,
     /// The errno of the step that failed, 0 if `execve` succeeded.
     err: AtomicI32,
+    /// Which step that was (one of the `STAGE_` values).
+    stage: AtomicU8,
+}
+
+/// The child's steps, for the error of the one that failed.
+const STAGE_SETUP: u8 = 0;
+const STAGE_CHDIR: u8 = 1;
+const STAGE_EXEC: u8 = 2;
+
+impl Setup {
+    /// The child's failure, saying which step failed (`execve`'s own error as it is: the
+    /// caller names the program).
+    fn failure(&self, errno: i32, cwd: Option<&std::path::Path>) -> io::Error {
+        let e = io::Error::from_raw_os_error(errno);
+        match (self.stage.load(Ordering::Relaxed), cwd) {
+            (STAGE_EXEC, _) => e,
+            (STAGE_CHDIR, Some(d)) => io::Error::new(
+                e.kind(),
+                format!("cannot enter the working directory {}: {e}", d.display()),
+            ),
+            _ => io::Error::new(e.kind(), format!("setting up the new process failed: {e}")),
+        }
+    }
 }
 
 /// The child, on its own stack, sharing the parent's memory until `execve`: system calls
@@ -256,19 +277,22 @@ extern "C" fn child(arg: *mut libc::c_void) -> ! {
     // async-signal-safe; no handler of the parent is installed here (CLONE_CLEAR_SIGHAND).
     unsafe {
         let s = &*(arg as *const Setup);
-        let ok = libc::setpgid(0, 0) == 0
+        let set_up = libc::setpgid(0, 0) == 0
             && libc::dup2(s.stdin, 0) == 0
             && libc::dup2(s.stdout, 1) == 1
             && libc::dup2(s.stderr, 2) == 2
-            && (s.cwd.is_null() || libc::chdir(s.cwd) == 0)
             && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
             && {
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == 0
             };
-        if ok {
-            libc::execve(s.path, s.argv, s.envp);
+        if set_up {
+            s.stage.store(STAGE_CHDIR, Ordering::Relaxed);
+            if s.cwd.is_null() || libc::chdir(s.cwd) == 0 {
+                s.stage.store(STAGE_EXEC, Ordering::Relaxed);
+                libc::execve(s.path, s.argv, s.envp);
+            }
         }
         s.err
             .store((*libc::__errno_location()).max(1), Ordering::Relaxed);
@@ -373,6 +397,7 @@ mod imp {
             stdout: out_w.as_raw_fd(),
             stderr: err_w.as_raw_fd(),
             err: AtomicI32::new(0),
+            stage: AtomicU8::new(STAGE_SETUP),
         };
         let mut pidfd: RawFd = -1;
         let ret = STACK.with(|st| {
@@ -406,12 +431,11 @@ mod imp {
                 errno,
                 libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG | libc::EACCES
             ) {
-                SUPPORT.store(REFUSED, Ordering::Relaxed);
+                REFUSED.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
             return Err(io::Error::from_raw_os_error(errno));
         }
-        SUPPORT.store(WORKS, Ordering::Relaxed);
         let pid = ret as libc::pid_t;
         // SAFETY: CLONE_PIDFD stored a new close-on-exec descriptor nobody else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -420,13 +444,12 @@ mod imp {
             let mut raw = 0;
             // SAFETY: the child has exited (_exit after the failed step); reap it.
             unsafe { libc::waitpid(pid, &mut raw, 0) };
-            return Err(io::Error::from_raw_os_error(err));
+            return Err(setup.failure(err, cmd.cwd));
         }
-        let status = None;
         let mut child = Child {
             pid: pid as u32,
             pidfd: None,
-            status,
+            status: None,
             stdout: None,
             stderr: None,
         };
@@ -450,7 +473,7 @@ mod imp {
     use super::*;
 
     pub(super) fn start(_cmd: &Command<'_>) -> io::Result<Option<Child>> {
-        SUPPORT.store(REFUSED, Ordering::Relaxed);
+        REFUSED.store(true, Ordering::Relaxed);
         Ok(None)
     }
 }
@@ -584,6 +607,11 @@ mod tests {
         cmd.cwd = Some(missing);
         let e = start(&cmd).expect_err("no such directory");
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .starts_with("cannot enter the working directory /nonexistent/dir: "),
+            "{e}"
+        );
         let bad = vec![("A=B".to_string(), "x".to_string())];
         let e = start(&sh(&none, &bad)).expect_err("bad name");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
