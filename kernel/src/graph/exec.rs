@@ -711,7 +711,8 @@ impl Exec {
         }
         let plan = self.plan.clone();
         let step = &plan.steps[self.nodes[ix].step];
-        if let Some((src, expr)) = &step.when {
+        if let Some(w) = &step.when {
+            let (src, expr) = &**w;
             let holds = expr.holds(&|id| self.view(id));
             if !holds {
                 return self.finish(
@@ -1581,7 +1582,7 @@ impl Exec {
     fn expand(&mut self, ix: Ix) {
         let plan = self.plan.clone();
         let step = &plan.steps[self.nodes[ix].step];
-        let items: Vec<Value> = match &step.for_each {
+        let items: Vec<Value> = match step.for_each.as_deref() {
             Some(ForEach::Items(v)) => v.clone(),
             Some(ForEach::From { step: src, path }) => {
                 let r = Ref::Output {

@@ -198,10 +198,10 @@ pub(crate) struct PlanStep {
     pub(crate) retry: RetryPolicy,
     pub(crate) critical: bool,
     pub(crate) on_failure: OnFailure,
-    pub(crate) when: Option<(String, Expr)>,
+    pub(crate) when: Option<Box<(String, Expr)>>,
     pub(crate) outputs: Option<Vec<String>>,
-    pub(crate) for_each: Option<ForEach>,
-    pub(crate) cache: Option<CacheSpec>,
+    pub(crate) for_each: Option<Box<ForEach>>,
+    pub(crate) cache: Option<Box<CacheSpec>>,
 }
 
 /// A plan, loaded and checked: ready to run.

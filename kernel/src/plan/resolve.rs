@@ -2,6 +2,7 @@
 //! schema types, check every step and the graph (duplicate ids, unknown dependencies, cycles,
 //! references), and resolve into run-ready steps. All problems are collected, then located.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -228,12 +229,12 @@ impl Checker<'_> {
 
     /// A plain string field: `$${` unescaped, no run-time reference. `field` builds the
     /// field's path (only for a problem: most fields have none, and a plan has thousands).
-    fn literal(&mut self, s: &str, field: impl FnOnce() -> String) -> String {
+    fn literal<'s>(&mut self, s: &'s str, field: impl FnOnce() -> String) -> Cow<'s, str> {
         match template::literal(s) {
             Ok(v) => v,
             Err(e) => {
                 self.push(ProblemKind::BadReference, field(), e);
-                s.to_string()
+                Cow::Borrowed(s)
             }
         }
     }
@@ -271,7 +272,9 @@ impl Checker<'_> {
     }
 
     fn plan(&mut self, file: PlanFile, path: &Path, text: &str) -> Plan {
-        let plan_id = self.literal(&file.plan_id, || "plan_id".into());
+        let plan_id = self
+            .literal(&file.plan_id, || "plan_id".into())
+            .into_owned();
         if plan_id.trim().is_empty() {
             self.push(
                 ProblemKind::BadValue,
@@ -279,11 +282,13 @@ impl Checker<'_> {
                 "expected a non-empty plan id",
             );
         }
-        let version = self.literal(&file.version.text(), || "version".into());
+        let version = self
+            .literal(&file.version.0, || "version".into())
+            .into_owned();
         let description = file
             .description
             .as_deref()
-            .map(|d| self.literal(d, || "description".into()));
+            .map(|d| self.literal(d, || "description".into()).into_owned());
         let max_concurrency = file.globals.max_concurrency.map(|n| n.0);
         if max_concurrency == Some(0) {
             self.push(
@@ -317,7 +322,7 @@ impl Checker<'_> {
                     format!("step id {id:?}: expected letters, digits, `_` and `-` only"),
                 );
             }
-            let id: Arc<str> = Arc::from(id);
+            let id: Arc<str> = Arc::from(&*id);
             if let Some(first) = index.get(&id) {
                 self.push(
                     ProblemKind::DuplicateId,
@@ -336,8 +341,8 @@ impl Checker<'_> {
             steps.push(s);
         }
         for i in 0..steps.len() {
-            let deps = steps[i].deps.clone();
-            for d in deps {
+            for k in 0..steps[i].deps.len() {
+                let d = steps[i].deps[k];
                 steps[d].dependents.push(i);
             }
         }
@@ -371,7 +376,7 @@ impl Checker<'_> {
         let at = || element("steps", i);
         let f = |name: &str| member(&at(), name);
         let name: Arc<str> = match &def.name {
-            Some(n) => Arc::from(self.literal(n, || f("name"))),
+            Some(n) => Arc::from(&*self.literal(n, || f("name"))),
             None => id.clone(),
         };
         let role = def.role.as_deref().map(|r| {
@@ -379,7 +384,7 @@ impl Checker<'_> {
             if r.trim().is_empty() {
                 self.push(ProblemKind::BadValue, f("role"), "expected a role name");
             }
-            Arc::from(r)
+            Arc::from(&*r)
         });
 
         let action = match (&def.command, def.task) {
@@ -417,7 +422,7 @@ impl Checker<'_> {
                         );
                     }
                 }
-                match ValueTemplate::compile(task, &f("task")) {
+                match ValueTemplate::compile(*task, &f("task")) {
                     Ok(t) => Action::Task(t),
                     Err((field, e)) => {
                         self.push(ProblemKind::BadReference, field, e);
@@ -434,7 +439,7 @@ impl Checker<'_> {
                     .args
                     .iter()
                     .enumerate()
-                    .map(|(j, a)| self.template(&a.text(), || element(&f("args"), j)))
+                    .map(|(j, a)| self.template(&a.0, || element(&f("args"), j)))
                     .collect();
                 let env = def
                     .env
@@ -448,7 +453,7 @@ impl Checker<'_> {
                                 format!("{k:?} is not an environment variable name"),
                             );
                         }
-                        (k.clone(), self.template(&v.text(), || field.clone()))
+                        (k.clone(), self.template(&v.0, || field.clone()))
                     })
                     .collect();
                 let cwd = def.cwd.as_deref().map(|c| self.template(c, || f("cwd")));
@@ -474,14 +479,19 @@ impl Checker<'_> {
             }
         };
 
-        let mut deps = Vec::with_capacity(def.depends_on.len());
-        let mut seen = HashSet::new();
+        let mut deps: Vec<usize> = Vec::with_capacity(def.depends_on.len());
+        // Repeats: a short list (the common case) is searched, a long one hashed.
+        let mut seen: Option<HashSet<usize>> = (def.depends_on.len() > 16).then(HashSet::new);
         for (j, d) in def.depends_on.iter().enumerate() {
             let field = || element(&f("depends_on"), j);
             let d = self.literal(d, field);
-            match index.get(d.as_str()) {
+            match index.get(&*d) {
                 Some(&k) => {
-                    if !seen.insert(k) {
+                    let repeated = match &mut seen {
+                        Some(set) => !set.insert(k),
+                        None => deps.contains(&k),
+                    };
+                    if repeated {
                         self.push(
                             ProblemKind::BadValue,
                             field(),
@@ -528,7 +538,7 @@ impl Checker<'_> {
         });
 
         let when = def.when.as_deref().and_then(|w| {
-            let w = self.literal(w, || f("when"));
+            let w = self.literal(w, || f("when")).into_owned();
             match Expr::parse(&w, self.vars) {
                 Ok(e) => Some((w, e)),
                 Err(e) => {
@@ -552,7 +562,7 @@ impl Checker<'_> {
             names
         });
 
-        let for_each = def.for_each.and_then(|fe| match fe {
+        let for_each = def.for_each.and_then(|fe| match *fe {
             ForEachDef::Items(items) => Some(ForEach::Items(items)),
             ForEachDef::From(s) => {
                 let t = self.template(&s, || f("for_each"));
@@ -576,7 +586,7 @@ impl Checker<'_> {
             }
         });
 
-        let cache = def.cache.and_then(|c| match c {
+        let cache = def.cache.and_then(|c| match *c {
             CacheDef::Enabled(false) => None,
             CacheDef::Enabled(true) => Some(CacheSpec::default()),
             CacheDef::With(w) => Some(CacheSpec {
@@ -601,10 +611,10 @@ impl Checker<'_> {
             retry,
             critical: def.critical.is_none_or(|c| c.0),
             on_failure: def.on_failure.unwrap_or(OnFailure::Abort),
-            when,
+            when: when.map(Box::new),
             outputs,
-            for_each,
-            cache,
+            for_each: for_each.map(Box::new),
+            cache: cache.map(Box::new),
         }
     }
 
@@ -617,12 +627,14 @@ impl Checker<'_> {
         let mut color = vec![NEW; steps.len()];
         let mut found = false;
         let mut reported: HashSet<Vec<usize>> = HashSet::new();
+        // (node, next dep index to look at)
+        let mut stack: Vec<(usize, usize)> = Vec::new();
         for root in 0..steps.len() {
             if color[root] != NEW {
                 continue;
             }
-            // (node, next dep index to look at)
-            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            stack.clear();
+            stack.push((root, 0));
             color[root] = ACTIVE;
             while let Some(&mut (n, ref mut k)) = stack.last_mut() {
                 if let Some(&d) = steps[n].deps.get(*k) {
@@ -731,7 +743,8 @@ impl Checker<'_> {
 
     fn references(&mut self, steps: &[PlanStep], index: &HashMap<Arc<str>, usize>) {
         for (i, s) in steps.iter().enumerate() {
-            let at = element("steps", i);
+            // The field path is built only for a step that has something to check.
+            let at = || element("steps", i);
             let mut refs: Vec<(Ref, String)> = Vec::new();
             match &s.action {
                 Action::Command {
@@ -740,30 +753,34 @@ impl Checker<'_> {
                     env,
                     cwd,
                 } => {
-                    refs.extend(command.refs().map(|r| (r.clone(), member(&at, "command"))));
+                    refs.extend(
+                        command
+                            .refs()
+                            .map(|r| (r.clone(), member(&at(), "command"))),
+                    );
                     for (j, a) in args.iter().enumerate() {
                         refs.extend(
                             a.refs()
-                                .map(|r| (r.clone(), element(&member(&at, "args"), j))),
+                                .map(|r| (r.clone(), element(&member(&at(), "args"), j))),
                         );
                     }
                     for (k, v) in env {
                         refs.extend(
                             v.refs()
-                                .map(|r| (r.clone(), member(&member(&at, "env"), k))),
+                                .map(|r| (r.clone(), member(&member(&at(), "env"), k))),
                         );
                     }
                     if let Some(c) = cwd {
-                        refs.extend(c.refs().map(|r| (r.clone(), member(&at, "cwd"))));
+                        refs.extend(c.refs().map(|r| (r.clone(), member(&at(), "cwd"))));
                     }
                 }
                 Action::Task(t) => {
-                    refs.extend(t.refs().into_iter().map(|r| (r, member(&at, "task"))));
+                    refs.extend(t.refs().into_iter().map(|r| (r, member(&at(), "task"))));
                 }
             }
             if let Some(c) = &s.cache {
                 for (j, t) in c.inputs.iter().enumerate() {
-                    let field = element(&member(&member(&at, "cache"), "inputs"), j);
+                    let field = element(&member(&member(&at(), "cache"), "inputs"), j);
                     refs.extend(t.refs().map(|r| (r.clone(), field.clone())));
                 }
             }
@@ -785,18 +802,19 @@ impl Checker<'_> {
                     _ => {}
                 }
             }
-            if let Some(ForEach::From { step, path }) = &s.for_each {
+            if let Some(ForEach::From { step, path }) = s.for_each.as_deref() {
                 self.check_ref(
                     steps,
                     index,
                     i,
                     step,
                     path.first().map(String::as_str),
-                    &member(&at, "for_each"),
+                    &member(&at(), "for_each"),
                 );
             }
-            if let Some((_, e)) = &s.when {
-                let field = member(&at, "when");
+            if let Some(w) = &s.when {
+                let e = &w.1;
+                let field = member(&at(), "when");
                 let mut rs = Vec::new();
                 e.step_refs(&mut rs);
                 for (target, key) in rs {

@@ -51,7 +51,8 @@ pub(crate) struct Globals {
     pub(crate) default_timeout_sec: Option<Num<f64>>,
 }
 
-/// One step: a command (or a task for an agent of a role) and how to treat it.
+/// One step: a command (or a task for an agent of a role) and how to treat it. The rare
+/// fields are boxed: a large plan holds thousands of these while it is read.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StepDef {
@@ -71,7 +72,7 @@ pub(crate) struct StepDef {
     pub(crate) role: Option<String>,
     /// The JSON payload for the agent of `role` (instead of a command).
     #[serde(default)]
-    pub(crate) task: Option<Value>,
+    pub(crate) task: Option<Box<Value>>,
     /// Extra environment variables of the command.
     #[serde(default)]
     pub(crate) env: BTreeMap<String, Scalar>,
@@ -109,19 +110,19 @@ pub(crate) struct StepDef {
     /// The outputs this step emits, which later steps use as `${steps.ID.outputs.KEY}`: a list
     /// of names, or a map of name to description.
     #[serde(default)]
-    pub(crate) outputs: Option<OutputsDef>,
+    pub(crate) outputs: Option<Box<OutputsDef>>,
     /// Run this step once per item: a list, or `${steps.ID.outputs.KEY}` naming a JSON array.
     /// Each run sees `${item}` (`${item.KEY}` for objects) and `${index}`.
     #[serde(default)]
-    pub(crate) for_each: Option<ForEachDef>,
+    pub(crate) for_each: Option<Box<ForEachDef>>,
     /// Reuse an earlier success with the same command, args, env and input files: `true`, or
     /// `{inputs: [paths or globs], key: extra}`.
     #[serde(default)]
-    pub(crate) cache: Option<CacheDef>,
+    pub(crate) cache: Option<Box<CacheDef>>,
     /// Free-form data (kept in the plan file, not used by Hive).
     #[serde(default)]
     #[allow(dead_code)]
-    pub(crate) metadata: Option<Value>,
+    pub(crate) metadata: Option<Box<Value>>,
 }
 
 /// What a step's failure does to the rest of the run.

@@ -181,9 +181,9 @@ pub(crate) fn substitute_value(
 }
 
 /// A plain string field: `$${` becomes `${`; run-time references are not allowed.
-pub(crate) fn literal(s: &str) -> Result<String, String> {
+pub(crate) fn literal(s: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     if !s.contains('$') {
-        return Ok(s.to_string());
+        return Ok(std::borrow::Cow::Borrowed(s));
     }
     let mut out = String::new();
     for p in scan(s, true)? {
@@ -196,12 +196,16 @@ pub(crate) fn literal(s: &str) -> Result<String, String> {
             }
         }
     }
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 impl Template {
     /// Compiles a string whose variables were substituted.
     pub(crate) fn compile(s: &str) -> Result<Template, String> {
+        // Most strings of a plan (every command and argument of a large one) are plain text.
+        if !s.contains('$') {
+            return Ok(Template::text(s));
+        }
         let mut parts = Vec::new();
         for p in scan(s, true)? {
             match p {
