@@ -857,8 +857,9 @@ impl Exec {
         }
     }
 
-    /// The rendered command (or task) of node `ix`: payload, and the parts of its cache key.
-    fn render(&self, ix: Ix) -> Result<(Value, KeyInput), String> {
+    /// The rendered command (or task) of node `ix`, as the parts of its cache key (a command
+    /// step's `what` is also the base of its payload).
+    fn render(&self, ix: Ix) -> Result<KeyInput, String> {
         let step = &self.plan.steps[self.nodes[ix].step];
         let resolve = |r: &Ref| self.resolve(ix, r);
         match &step.action {
@@ -889,31 +890,23 @@ impl Exec {
                 if let Some(r) = &step.role {
                     what["role"] = json!(&**r);
                 }
-                let inputs = self.cache_inputs(ix)?;
-                Ok((
-                    what.clone(),
-                    KeyInput {
-                        what,
-                        env: envs,
-                        cwd: dir,
-                        inputs,
-                        extra: step.cache.as_ref().and_then(|c| c.key.clone()),
-                    },
-                ))
+                Ok(KeyInput {
+                    what,
+                    env: envs,
+                    cwd: dir,
+                    inputs: self.cache_inputs(ix)?,
+                    extra: step.cache.as_ref().and_then(|c| c.key.clone()),
+                })
             }
             Action::Task(t) => {
                 let task = t.render(&resolve)?;
-                let what = json!({"role": step.role.as_deref(), "task": &*task});
-                Ok((
-                    (*task).clone(),
-                    KeyInput {
-                        what,
-                        env: Default::default(),
-                        cwd: self.opts.workdir.clone(),
-                        inputs: self.cache_inputs(ix)?,
-                        extra: step.cache.as_ref().and_then(|c| c.key.clone()),
-                    },
-                ))
+                Ok(KeyInput {
+                    what: json!({"role": step.role.as_deref(), "task": &*task}),
+                    env: Default::default(),
+                    cwd: self.opts.workdir.clone(),
+                    inputs: self.cache_inputs(ix)?,
+                    extra: step.cache.as_ref().and_then(|c| c.key.clone()),
+                })
             }
         }
     }
@@ -931,7 +924,7 @@ impl Exec {
     }
 
     fn key_input(&self, ix: Ix) -> Result<KeyInput, String> {
-        self.render(ix).map(|(_, k)| k)
+        self.render(ix)
     }
 
     /// Builds the task of the next attempt and makes its start durable (or submits it).
@@ -945,7 +938,8 @@ impl Exec {
                 Err(e) => return self.finish(ix, StepState::Failed, End::error(e)),
             },
             Action::Command { .. } => match self.render(ix) {
-                Ok((mut what, key)) => {
+                Ok(key) => {
+                    let mut what = key.what;
                     let mut env: Map<String, Value> = key
                         .env
                         .into_iter()
