@@ -292,14 +292,15 @@ impl Writer {
         }
     }
 
-    /// Waits for everything sent, then stops the thread.
+    /// Waits for everything sent to be committed, then lets the thread go: it closes the
+    /// connection on its own. Nothing waits for that: what the run wrote is on disk, and a
+    /// process that exits meanwhile leaves the database as a kill would, which SQLite
+    /// recovers from (a join cost the end of every run about 0.4 ms).
     pub(crate) async fn finish(mut self) -> Result<(), StateError> {
         let n = self.sent;
         let r = self.wait_for(n).await;
         self.close();
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        drop(self.thread.take());
         r
     }
 }
@@ -377,9 +378,8 @@ impl Thread {
                     }
                 }
             }
-            self.committed += n;
-            let c = self.committed;
-            self.progress.send_modify(|p| p.committed = c);
+            // The listener gets a batch's events before anyone learns it is committed: once
+            // `finish` returns, every event is in the listener's channel.
             match &self.listener {
                 Some(l) => {
                     for ev in events.drain(..) {
@@ -388,6 +388,9 @@ impl Thread {
                 }
                 None => events.clear(),
             }
+            self.committed += n;
+            let c = self.committed;
+            self.progress.send_modify(|p| p.committed = c);
         }
         drop(hot);
     }
