@@ -165,6 +165,32 @@ fn a_bare_command_is_found_on_the_path_the_step_gives() {
     );
 }
 
+/// `$HIVE_OUTPUTS` names the same file from a step's own working directory, with a relative
+/// `--state-dir` too (the path used to be relative to where `hive` started).
+#[test]
+fn outputs_file_is_found_from_a_steps_own_cwd_with_a_relative_state_dir() {
+    let dir = scratch("plan-outputs-cwd");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    let plan = serde_json::json!({
+        "plan_id": "outputs-cwd", "version": "1",
+        "steps": [
+            {"id": "a", "command": "sh", "args": ["-c", "echo v=42 > \"$HIVE_OUTPUTS\""],
+             "cwd": "sub", "outputs": ["v"]},
+            {"id": "b", "command": "echo", "args": ["got ${steps.a.outputs.v}"],
+             "depends_on": ["a"]}
+        ]
+    });
+    write(&dir, "p.json", &plan.to_string());
+    let f = hive(&dir, &["run", "p.json", "--state-dir", "st", "--json"]);
+    assert_eq!(f.code, 0, "{f}");
+    let v = f.json();
+    assert_eq!(v["tasks"][1]["output"]["stdout"], "got 42\n", "{f}");
+    assert!(
+        !dir.join("sub/st").exists(),
+        "nothing is written below the step's cwd"
+    );
+}
+
 #[test]
 fn a_failed_step_exits_1_and_names_the_step() {
     let dir = scratch("plan-run-fail");

@@ -351,6 +351,7 @@ impl AgentHandle for ProcessAgent {
             err
         })?;
         let pgid = child.id();
+        warm_lookup(&cl.env);
         reaper::register(pgid);
         let mut guard = GroupGuard { pgid, armed: true };
 
@@ -421,6 +422,18 @@ impl AgentHandle for ProcessAgent {
     }
 
     async fn stop(&self, _mode: ShutdownMode) {}
+}
+
+/// Looks `$HIVE_OUTPUTS` up once while the command runs (the file rarely exists): the
+/// executor's check after the exit then finds the name in the kernel's cache of lookups
+/// instead of searching the directory on disk, on the way to the next step's start.
+fn warm_lookup(env: &[(String, String)]) {
+    if let Some((_, p)) = env.iter().rev().find(|(k, _)| k == "HIVE_OUTPUTS") {
+        if let Ok(c) = std::ffi::CString::new(p.as_bytes()) {
+            // SAFETY: a NUL-terminated path; faccessat only reads it.
+            unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::F_OK, 0) };
+        }
+    }
 }
 
 /// Reads a chunk into `buf` (replacing what it held, never zeroing it first); `None` at EOF

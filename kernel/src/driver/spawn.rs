@@ -325,10 +325,44 @@ mod imp {
         tls: u64,
     }
 
+    /// A command's two pipes (stdout, stderr): (read end, write end) each.
+    type Pipes = ((OwnedFd, OwnedFd), (OwnedFd, OwnedFd));
+
     thread_local! {
         /// One stack per thread: the thread is suspended while its child runs on it.
         static STACK: RefCell<Box<[u128]>> =
             RefCell::new(vec![0u128; STACK_UNITS].into_boxed_slice());
+        /// The next command's pipes, made after the last command started instead of on the
+        /// way to the next one (four system calls off the path from a step's end to the
+        /// next step's start).
+        static SPARE: RefCell<Option<Pipes>> = const { RefCell::new(None) };
+    }
+
+    /// This thread's spare pipes, or new ones.
+    fn take_pipes() -> io::Result<Pipes> {
+        match SPARE.with(|s| s.borrow_mut().take()) {
+            Some(p) => Ok(p),
+            None => Ok((pipe()?, pipe()?)),
+        }
+    }
+
+    /// The descriptors of this thread's spare pipes (tests).
+    #[cfg(test)]
+    pub(super) fn spare_fds() -> Vec<RawFd> {
+        SPARE.with(|s| {
+            s.borrow().as_ref().map_or(Vec::new(), |((a, b), (c, d))| {
+                vec![a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd(), d.as_raw_fd()]
+            })
+        })
+    }
+
+    /// Makes this thread's spare pipes (a failure is left to the next command to meet).
+    fn refill_pipes() {
+        if SPARE.with(|s| s.borrow().is_none()) {
+            if let (Ok(a), Ok(b)) = (pipe(), pipe()) {
+                SPARE.with(|s| *s.borrow_mut() = Some((a, b)));
+            }
+        }
     }
 
     /// clone3; in the child, calls `f(arg)` on the new stack (which never returns).
@@ -386,8 +420,7 @@ mod imp {
             Some(d) => Some(cstring("the working directory", d.as_os_str().as_bytes())?),
             None => None,
         };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        let ((out_r, out_w), (err_r, err_w)) = take_pipes()?;
         let setup = Setup {
             path: path.as_ptr(),
             argv: argv.as_ptr(),
@@ -425,6 +458,7 @@ mod imp {
             }
         });
         drop((out_w, err_w));
+        refill_pipes();
         if ret < 0 {
             let errno = -ret as i32;
             if matches!(
@@ -535,6 +569,57 @@ mod tests {
         assert_eq!(err, "oops\n");
     }
 
+    /// Each command has its own pipes (a thread keeps the next command's ready), and no
+    /// command holds another thread's spare pipes: they are close-on-exec.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[tokio::test]
+    async fn commands_get_their_own_streams_and_no_spare_pipe() {
+        use std::os::unix::fs::MetadataExt;
+        // The pipes as the child's /proc/PID/fd shows them: `pipe:[INODE]`.
+        let names = |fds: Vec<RawFd>| -> Vec<String> {
+            fds.into_iter()
+                .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+                .map(|m| format!("pipe:[{}]", m.ino()))
+                .collect()
+        };
+        // Another thread starts a command and keeps its spare pipes open meanwhile.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let script = vec!["-c".to_string(), "true".into()];
+            let fds = rt.block_on(async { run(&sh(&script, &[])).await.map(|_| imp::spare_fds()) });
+            let _ = tx.send(fds.map(names));
+            let _ = done_rx.recv();
+        });
+        let spares = rx.recv().expect("the other thread answers");
+        let Some(spares) = spares else { return };
+        assert_eq!(spares.len(), 4, "the other thread keeps two spare pipes");
+        for word in ["first", "second"] {
+            let script = vec![
+                "-c".to_string(),
+                format!("echo {word}; echo {word}-err >&2; ls -l /proc/$$/fd"),
+            ];
+            let Some((status, out, err)) = run(&sh(&script, &[])).await else {
+                return;
+            };
+            assert!(status.success());
+            assert!(out.starts_with(&format!("{word}\n")), "{out}");
+            assert_eq!(err, format!("{word}-err\n"));
+            for pipe in &spares {
+                assert!(
+                    !out.contains(pipe.as_str()),
+                    "`{word}` holds spare {pipe}:\n{out}"
+                );
+            }
+        }
+        drop(done_tx);
+        other.join().expect("thread");
+    }
+
     #[tokio::test]
     async fn the_process_environment_is_inherited() {
         let script = vec!["-c".to_string(), "printf %s \"$PATH\"".into()];
@@ -551,8 +636,11 @@ mod tests {
         let dir = std::env::temp_dir();
         let script = vec![
             "-c".to_string(),
+            // Builtins only: a shell that waits for a child (`grep`) blocks every signal
+            // meanwhile (dash's waitproc), which the child would read as our mask.
             "read -r _ _ _ _ pg _ < /proc/$$/stat; echo $$ $pg; pwd -P; \
-             grep -E '^Sig(Blk|Ign)' /proc/$$/status"
+             while read -r k v; do case $k in SigBlk:|SigIgn:) echo \"$k $v\";; esac; \
+             done < /proc/$$/status"
                 .into(),
         ];
         let mut cmd = sh(&script, &[]);
@@ -567,9 +655,9 @@ mod tests {
         assert_eq!(ids[0], ids[1], "the command leads its own group: {out}");
         let cwd = std::fs::canonicalize(&dir).expect("temp dir");
         assert_eq!(lines.next(), Some(cwd.to_str().unwrap_or("")));
-        assert_eq!(lines.next(), Some("SigBlk:\t0000000000000000"));
+        assert_eq!(lines.next(), Some("SigBlk: 0000000000000000"), "{out}");
         let ign = lines.next().unwrap_or("");
-        let ign = u64::from_str_radix(ign.trim_start_matches("SigIgn:\t"), 16).expect("hex");
+        let ign = u64::from_str_radix(ign.trim_start_matches("SigIgn: "), 16).expect("hex");
         assert_eq!(
             ign & (1 << (libc::SIGPIPE - 1)),
             0,

@@ -335,6 +335,8 @@ impl Exec {
     }
 
     fn scratch_dir(&mut self, store: Option<&StateStore>) {
+        // Absolute: `$HIVE_OUTPUTS` must name the same file from a step's own `cwd` (a
+        // relative `--state-dir` used to send a step with a `cwd` to write elsewhere).
         let dir = match store {
             Some(s) => s.run_dir(&self.run_id),
             None => {
@@ -342,6 +344,7 @@ impl Exec {
                 std::env::temp_dir().join(format!("hive-run-{}", self.run_id))
             }
         };
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         if std::fs::create_dir_all(&dir).is_ok() {
             self.scratch_fd = outputs::open_dir(&dir);
             self.scratch = Some(dir);
