@@ -800,7 +800,7 @@ impl Exec {
         let step = &plan.steps[self.nodes[ix].step];
         if self.cache_on && step.cache.is_some() && self.nodes[ix].cache_key.is_none() {
             self.nodes[ix].phase = Phase::CacheCheck;
-            match self.key_input(ix) {
+            match self.render(ix) {
                 Ok(input) => {
                     self.inflight.push(Box::pin(async move {
                         let key = tokio::task::spawn_blocking(move || outputs::cache_key(&input))
@@ -927,10 +927,6 @@ impl Exec {
                 .collect(),
             None => Ok(Vec::new()),
         }
-    }
-
-    fn key_input(&self, ix: Ix) -> Result<KeyInput, String> {
-        self.render(ix)
     }
 
     /// Builds the task of the next attempt and makes its start durable (or submits it).

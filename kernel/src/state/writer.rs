@@ -158,7 +158,6 @@ pub(crate) struct Writer {
     pending: Vec<Op>,
     sent: u64,
     progress: watch::Receiver<Progress>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
@@ -172,7 +171,8 @@ impl Writer {
         let shared = Arc::new(Shared::default());
         let rx = shared.clone();
         let (ptx, prx) = watch::channel(Progress::default());
-        let thread = std::thread::Builder::new()
+        // Nothing joins the thread: it ends by itself once closed and drained (see `finish`).
+        std::thread::Builder::new()
             .name("hive-state".into())
             .spawn(move || {
                 let conn = match db::open(&db_path, true) {
@@ -201,7 +201,6 @@ impl Writer {
             pending: Vec::with_capacity(64),
             sent: 0,
             progress: prx,
-            thread: Some(thread),
         })
     }
 
@@ -300,7 +299,6 @@ impl Writer {
         let n = self.sent;
         let r = self.wait_for(n).await;
         self.close();
-        drop(self.thread.take());
         r
     }
 }
