@@ -236,3 +236,74 @@ fn killed_runs_resume_without_losing_or_repeating_steps() {
         "no run was killed in flight: the test tested nothing"
     );
 }
+
+/// A `for_each` of fast items, killed as soon as the first item's end is in the run's
+/// journal (before the writer's next commit): on resume that item is known to have
+/// succeeded, and does not run again. (Items used to start before their rows were
+/// committed; the resume did not know them and ran the fan-out again.)
+#[test]
+fn an_item_that_ended_before_a_kill_does_not_run_again() {
+    let dir = scratch("resume-items");
+    let log = dir.join("log");
+    let token = format!("hive-items-{}", std::process::id());
+    let plan = json!({
+        "plan_id": "items", "version": "1", "globals": {"max_concurrency": 1},
+        "steps": [{
+            "id": "fan", "for_each": (0..40).collect::<Vec<_>>(),
+            "command": "sh",
+            "args": ["-c", format!(": {token}; echo \"$HIVE_STEP_ID\" >> '{}'", log.display())]
+        }]
+    });
+    std::fs::write(dir.join("p.json"), plan.to_string()).expect("plan");
+    let mut run = Hive::new(&dir)
+        .args(["run", "p.json", "--state-dir", "st", "-q"])
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || run.stderr().contains('\n')),
+        "no `run RUN_ID` line: {}",
+        run.stderr()
+    );
+    let id = run
+        .stderr()
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("run "))
+        .unwrap_or_default()
+        .to_string();
+    let journal = dir.join("st/runs").join(format!("{id}.jsonl"));
+    let first_ended = || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(r#""type":"step_finished""#) && l.contains(r#""fan[0]""#))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), first_ended),
+        "fan[0] never ended"
+    );
+    run.signal(libc::SIGKILL);
+    let f = run.wait(Duration::from_secs(20)).expect("hive ends");
+    assert!(
+        wait_until(Duration::from_secs(10), || pids_with_cmdline(&token)
+            .is_empty()),
+        "commands outlived the killed hive"
+    );
+    if f.signal != Some(libc::SIGKILL) {
+        return; // it ended first: nothing to check
+    }
+    let f = Hive::new(&dir)
+        .args(["resume", &id, "--state-dir", "st", "-q"])
+        .run();
+    assert_eq!(f.code, 0, "{f}");
+    let runs = runs_per_step(&log);
+    assert_eq!(runs.get("fan[0]"), Some(&1), "fan[0] ran again: {runs:?}");
+    // One item at a time: at most the one in flight at the kill runs twice.
+    let twice = runs.values().filter(|&&n| n > 1).count();
+    assert!(twice <= 1, "items ran again: {runs:?}");
+    for i in 0..40 {
+        assert!(
+            runs.contains_key(&format!("fan[{i}]")),
+            "fan[{i}] never ran"
+        );
+    }
+}

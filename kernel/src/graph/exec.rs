@@ -206,6 +206,11 @@ pub(crate) struct Exec {
     next_no: u32,
     /// The writer operation that creates the run (0: none).
     create_op: u64,
+    /// Items of a `for_each` waiting for their rows to be committed (by operation
+    /// `items_op`) before they may start: an item that started and ended before its row was
+    /// on disk would be unknown to a resume, and run again.
+    held_items: Vec<Ix>,
+    items_op: u64,
     rng: fastrand::Rng,
 }
 
@@ -312,6 +317,8 @@ impl Exec {
             restored_items: HashMap::new(),
             next_no: plan.steps.len() as u32,
             create_op: 0,
+            held_items: Vec::new(),
+            items_op: 0,
             rng,
             plan,
             opts,
@@ -576,6 +583,17 @@ impl Exec {
                         self.state_failed(e);
                     }
                 }
+            }
+            if !self.held_items.is_empty() {
+                // New items' rows are committed first (one commit, once per fan-out).
+                if let Some(w) = &mut self.writer {
+                    if let Err(e) = w.wait_for(self.items_op).await {
+                        self.state_failed(e);
+                    }
+                }
+                let items = std::mem::take(&mut self.held_items);
+                self.release_items(items);
+                continue;
             }
             if self.unended == 0 && self.staged.is_empty() && self.inflight.is_empty() {
                 break;
@@ -1649,7 +1667,7 @@ impl Exec {
         }
         let count = rows.len();
         if let Some(w) = &mut self.writer {
-            w.send(Op::InsertSteps(rows));
+            self.items_op = w.send(Op::InsertSteps(rows));
         }
         let n = &mut self.nodes[ix];
         n.phase = Phase::Expanded;
@@ -1669,7 +1687,16 @@ impl Exec {
             return self.group_done(ix);
         }
         let children = self.nodes[ix].children.clone();
-        for c in children {
+        if self.writer.is_some() {
+            self.held_items.extend(children);
+        } else {
+            self.release_items(children);
+        }
+    }
+
+    /// Items of a `for_each` may start (their rows are on disk).
+    fn release_items(&mut self, items: Vec<Ix>) {
+        for c in items {
             if self.nodes[c].phase == Phase::Waiting {
                 if self.aborting || self.interrupted {
                     let why = self.abort_reason();
