@@ -243,13 +243,16 @@ fn killed_runs_resume_without_losing_or_repeating_steps() {
 /// committed; the resume did not know them and ran the fan-out again.)
 #[test]
 fn an_item_that_ended_before_a_kill_does_not_run_again() {
+    // Enough items that the run is still going when the kill comes (the journal is polled
+    // every 10 ms).
+    const ITEMS: usize = 200;
     let dir = scratch("resume-items");
     let log = dir.join("log");
     let token = format!("hive-items-{}", std::process::id());
     let plan = json!({
         "plan_id": "items", "version": "1", "globals": {"max_concurrency": 1},
         "steps": [{
-            "id": "fan", "for_each": (0..40).collect::<Vec<_>>(),
+            "id": "fan", "for_each": (0..ITEMS).collect::<Vec<_>>(),
             "command": "sh",
             "args": ["-c", format!(": {token}; echo \"$HIVE_STEP_ID\" >> '{}'", log.display())]
         }]
@@ -288,9 +291,11 @@ fn an_item_that_ended_before_a_kill_does_not_run_again() {
             .is_empty()),
         "commands outlived the killed hive"
     );
-    if f.signal != Some(libc::SIGKILL) {
-        return; // it ended first: nothing to check
-    }
+    assert_eq!(
+        f.signal,
+        Some(libc::SIGKILL),
+        "hive ended before the kill: {f}"
+    );
     let f = Hive::new(&dir)
         .args(["resume", &id, "--state-dir", "st", "-q"])
         .run();
@@ -300,7 +305,7 @@ fn an_item_that_ended_before_a_kill_does_not_run_again() {
     // One item at a time: at most the one in flight at the kill runs twice.
     let twice = runs.values().filter(|&&n| n > 1).count();
     assert!(twice <= 1, "items ran again: {runs:?}");
-    for i in 0..40 {
+    for i in 0..ITEMS {
         assert!(
             runs.contains_key(&format!("fan[{i}]")),
             "fan[{i}] never ran"

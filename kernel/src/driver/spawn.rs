@@ -356,12 +356,11 @@ mod imp {
         })
     }
 
-    /// Makes this thread's spare pipes (a failure is left to the next command to meet).
+    /// Makes this thread's spare pipes, after a command started (a failure is left to the
+    /// next command to meet).
     fn refill_pipes() {
-        if SPARE.with(|s| s.borrow().is_none()) {
-            if let (Ok(a), Ok(b)) = (pipe(), pipe()) {
-                SPARE.with(|s| *s.borrow_mut() = Some((a, b)));
-            }
+        if let (Ok(a), Ok(b)) = (pipe(), pipe()) {
+            SPARE.with(|s| *s.borrow_mut() = Some((a, b)));
         }
     }
 
@@ -458,7 +457,6 @@ mod imp {
             }
         });
         drop((out_w, err_w));
-        refill_pipes();
         if ret < 0 {
             let errno = -ret as i32;
             if matches!(
@@ -470,6 +468,8 @@ mod imp {
             }
             return Err(io::Error::from_raw_os_error(errno));
         }
+        // Not where clone3 is refused: std's path makes its own pipes.
+        refill_pipes();
         let pid = ret as libc::pid_t;
         // SAFETY: CLONE_PIDFD stored a new close-on-exec descriptor nobody else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };

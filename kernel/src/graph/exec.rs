@@ -535,9 +535,7 @@ impl Exec {
             // When every step left is running (the last round), the writer commits at once
             // instead of gathering: the run's end then waits for a small last batch. Once
             // no step is left, the run's end follows at once and commits with it.
-            if self.unended == 0 {
-                w.flush();
-            } else if self.unended <= self.running {
+            if self.unended > 0 && self.unended <= self.running {
                 w.flush_now();
             } else {
                 w.flush();

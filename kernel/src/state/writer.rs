@@ -254,7 +254,7 @@ impl Writer {
     }
 
     /// Hands everything over and lets the thread end once it is written ([`Writer::finish`]
-    /// waits for that).
+    /// waits for the commit, not for the thread).
     pub(crate) fn close(&mut self) {
         self.hand_over(true);
         self.shared.queue.lock().closed = true;
