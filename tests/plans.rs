@@ -1,12 +1,12 @@
 //! End-to-end tests of plans on the `hive` command line: `hive validate` and `hive schema`,
 //! `hive run PLAN` (its `run RUN_ID` line, exit codes, `--json`), bad input (exit 2 naming
 //! file, field and line), `hive runs`, `show`, `events [--follow]`, `resume` (changed plans,
-//! Ctrl-C), a corrupt state database, caching, and the example plans.
+//! Ctrl-C), `hive gc`, a corrupt state database, caching, and the example plans.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hive_tests::{repo_root, scratch, wait_until, Finished, Hive};
+use hive_tests::{repo_root, scratch, wait_until, Finished, Hive, Running};
 use serde_json::Value;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -31,6 +31,37 @@ fn run_id(f: &Finished) -> String {
         .strip_prefix("run ")
         .map(str::to_string)
         .unwrap_or_else(|| panic!("stderr does not start with `run RUN_ID`:\n{f}"))
+}
+
+/// Starts `hive run PLAN` (state in `st`) in the background and waits for its `run RUN_ID`
+/// line; the process and the run id.
+fn start(dir: &Path, plan: &str) -> (Running, String) {
+    let run = Hive::new(dir)
+        .args(["run", plan, "--state-dir", "st", "-q"])
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || run_line_written(&run.stderr())),
+        "no run line: {}",
+        run.stderr()
+    );
+    let id = run
+        .stderr()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .replace("run ", "");
+    (run, id)
+}
+
+/// [`start`], then waits until `hive show` says the run is running.
+fn start_until_running(dir: &Path, plan: &str) -> (Running, String) {
+    let (run, id) = start(dir, plan);
+    assert!(wait_until(Duration::from_secs(10), || {
+        hive(dir, &["show", &id, "--state-dir", "st"])
+            .stdout
+            .contains("running")
+    }));
+    (run, id)
 }
 
 fn assert_bad_input(f: &Finished, needles: &[&str]) {
@@ -315,20 +346,7 @@ fn events_follow_ends_with_the_run() {
         "slow.yaml",
         "plan_id: s\nversion: 1\nsteps:\n  - id: a\n    command: sleep\n    args: ['0.5']\n  - id: b\n    command: 'true'\n    depends_on: [a]\n",
     );
-    let mut run = Hive::new(&dir)
-        .args(["run", "slow.yaml", "--state-dir", "st", "-q"])
-        .spawn();
-    assert!(
-        wait_until(Duration::from_secs(10), || run_line_written(&run.stderr())),
-        "no run line: {}",
-        run.stderr()
-    );
-    let id = run
-        .stderr()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .replace("run ", "");
+    let (mut run, id) = start(&dir, "slow.yaml");
     let f = hive(&dir, &["events", &id, "--state-dir", "st", "--follow"]);
     assert_eq!(f.code, 0, "{f}");
     assert!(
@@ -385,24 +403,7 @@ fn ctrl_c_cancels_the_run_and_resume_finishes_it() {
         "p.yaml",
         "plan_id: i\nversion: 1\nsteps:\n  - id: long\n    command: sh\n    args: [-c, 'test -e go || sleep 30']\n  - id: next\n    command: 'true'\n    depends_on: [long]\n",
     );
-    let mut run = Hive::new(&dir)
-        .args(["run", "p.yaml", "--state-dir", "st", "-q"])
-        .spawn();
-    assert!(wait_until(Duration::from_secs(10), || run_line_written(
-        &run.stderr()
-    )));
-    let id = run
-        .stderr()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .replace("run ", "");
-    // Wait for the step to be running before interrupting.
-    assert!(wait_until(Duration::from_secs(10), || {
-        hive(&dir, &["show", &id, "--state-dir", "st"])
-            .stdout
-            .contains("running")
-    }));
+    let (mut run, id) = start_until_running(&dir, "p.yaml");
     run.signal(libc::SIGINT);
     let f = run.wait(Duration::from_secs(20)).expect("hive ends");
     assert_eq!(f.code, 130, "{f}");
@@ -411,6 +412,129 @@ fn ctrl_c_cancels_the_run_and_resume_finishes_it() {
     write(&dir, "go", "");
     let f = hive(&dir, &["resume", &id, "--state-dir", "st", "-q"]);
     assert_eq!(f.code, 0, "{f}");
+}
+
+/// `hive gc`: old runs go (rows and files), young ones stay, a run being executed is left
+/// alone and finishes, and the selectors are checked.
+#[test]
+fn gc_removes_old_runs_and_never_a_running_one() {
+    let dir = scratch("plan-gc");
+    write(&dir, "p.yaml", OK_PLAN);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let f = hive(&dir, &["run", "p.yaml", "--state-dir", "st", "-q"]);
+            assert_eq!(f.code, 0, "{f}");
+            run_id(&f)
+        })
+        .collect();
+    let jsonl = |id: &str| dir.join("st").join("runs").join(format!("{id}.jsonl"));
+    let scratch_dir = |id: &str| dir.join("st").join("runs").join(id);
+    assert!(jsonl(&ids[0]).is_file() && scratch_dir(&ids[0]).is_dir());
+    // The first run ended in January.
+    let db = rusqlite::Connection::open(dir.join("st").join("state.db")).expect("open");
+    let n = db
+        .execute(
+            "UPDATE runs SET created_at = '2026-01-01T00:00:00Z', finished_at = '2026-01-01T00:01:00Z' WHERE run_id = ?1",
+            [&ids[0]],
+        )
+        .expect("backdate");
+    assert_eq!(n, 1);
+    drop(db);
+
+    let removed = |f: &Finished| -> Vec<String> {
+        assert_eq!(f.code, 0, "{f}");
+        f.json()["removed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let f = hive(
+        &dir,
+        &[
+            "gc",
+            "--state-dir",
+            "st",
+            "--older-than",
+            "30d",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(removed(&f), [ids[0].clone()]);
+    assert!(jsonl(&ids[0]).is_file(), "a dry run removes nothing");
+    let f = hive(
+        &dir,
+        &["gc", "--state-dir", "st", "--older-than", "30d", "--json"],
+    );
+    assert_eq!(removed(&f), [ids[0].clone()]);
+    assert_eq!(f.json()["kept"], 2);
+    assert!(!jsonl(&ids[0]).exists() && !scratch_dir(&ids[0]).exists());
+    assert_bad_input(
+        &hive(&dir, &["show", &ids[0], "--state-dir", "st"]),
+        &[&ids[0]],
+    );
+    for id in &ids[1..] {
+        let f = hive(&dir, &["show", id, "--state-dir", "st"]);
+        assert_eq!(f.code, 0, "{f}");
+        assert!(jsonl(id).is_file());
+    }
+
+    // A run being executed is never removed, even with --keep 0.
+    write(
+        &dir,
+        "wait.yaml",
+        "plan_id: w\nversion: 1\nsteps:\n  - id: w\n    command: sh\n    args: [-c, 'while ! test -e go; do sleep 0.02; done']\n",
+    );
+    let (mut live, live_id) = start_until_running(&dir, "wait.yaml");
+    let f = hive(
+        &dir,
+        &[
+            "gc",
+            "--state-dir",
+            "st",
+            "--keep",
+            "0",
+            "--vacuum",
+            "--json",
+        ],
+    );
+    let mut gone = removed(&f);
+    gone.sort();
+    assert_eq!(gone, ids[1..]);
+    let v = f.json();
+    assert_eq!(v["busy"], serde_json::json!([live_id]));
+    assert_eq!(
+        (v["kept"].as_u64(), v["vacuumed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    write(&dir, "go", "");
+    let done = live
+        .wait(Duration::from_secs(20))
+        .expect("the live run ends");
+    assert_eq!(done.code, 0, "{done}");
+    let f = hive(&dir, &["runs", "--state-dir", "st", "--json"]);
+    let listed = f.json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, [live_id.as_str()]);
+    let f = hive(&dir, &["gc", "--state-dir", "st", "--keep", "1"]);
+    assert!(f.stdout.contains("removed 0 runs"), "{f}");
+
+    // Which runs must be said, and an age must have a unit.
+    assert_bad_input(
+        &hive(&dir, &["gc", "--state-dir", "st"]),
+        &["--older-than", "--keep"],
+    );
+    assert_bad_input(
+        &hive(&dir, &["gc", "--state-dir", "st", "--older-than", "3x"]),
+        &["--older-than", "unknown time unit"],
+    );
 }
 
 #[test]

@@ -61,8 +61,8 @@ pub use plugin::{
 };
 pub use queue::QueueOrder;
 pub use state::{
-    AttemptRow, RunEvent, RunEventKind, RunLock, RunRecord, RunState, StateError, StateStore,
-    StepRecord, StepState,
+    AttemptRow, GcOptions, GcReport, GcRun, RunEvent, RunEventKind, RunLock, RunRecord, RunState,
+    StateError, StateStore, StepRecord, StepState,
 };
 pub use task::{
     AttemptRecord, AttemptStatus, Backoff, Jitter, Outcome, RetryPolicy, Status, Target, TaskError,

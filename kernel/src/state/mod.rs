@@ -11,6 +11,7 @@
 //! ```
 
 mod db;
+mod gc;
 mod journal;
 mod lock;
 mod writer;
@@ -28,6 +29,7 @@ use serde_json::Value;
 use crate::ids::Timestamp;
 use crate::task::Status;
 
+pub use gc::{GcOptions, GcReport, GcRun};
 pub(crate) use journal::{header_line as journal_header, Journal};
 pub use lock::RunLock;
 pub(crate) use lock::{new_run_id, valid_run_id};
@@ -934,14 +936,9 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    /// `hive` killed after the run's header line and some events were written, before the
-    /// writer's first commit: the database has nothing; the next reader takes the run from
-    /// its file, and recovery replays the events after it.
-    #[test]
-    fn a_run_killed_before_its_first_commit_is_taken_from_its_file() {
-        let dir = std::env::temp_dir().join(format!("hive-adopt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = StateStore::open(&dir).expect("store");
+    /// A new run of plan `p` with these steps, in its JSONL file only (its header line, as
+    /// `hive` writes it before the database's first commit); the journal, to append events.
+    pub(crate) fn header_only_run(store: &StateStore, steps: &[&str]) -> (String, Journal) {
         let id = new_run_id();
         let run = RunRow {
             run_id: Arc::from(id.as_str()),
@@ -954,7 +951,7 @@ mod tests {
             created_at: Timestamp::now(),
             metadata: None,
         };
-        let steps: Vec<StepRow> = ["a", "b"]
+        let steps: Vec<StepRow> = steps
             .iter()
             .enumerate()
             .map(|(i, s)| StepRow {
@@ -966,9 +963,21 @@ mod tests {
                 name: Arc::from(*s),
             })
             .collect();
-        let at = ts(Timestamp::now());
         let mut j = Journal::open(&store.events_path(&id)).expect("journal");
         j.push(&journal_header(&run, &steps));
+        (id, j)
+    }
+
+    /// `hive` killed after the run's header line and some events were written, before the
+    /// writer's first commit: the database has nothing; the next reader takes the run from
+    /// its file, and recovery replays the events after it.
+    #[test]
+    fn a_run_killed_before_its_first_commit_is_taken_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("hive-adopt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = StateStore::open(&dir).expect("store");
+        let (id, mut j) = header_only_run(&store, &["a", "b"]);
+        let at = ts(Timestamp::now());
         j.push(&format!(r#"{{"seq":1,"at":"{at}","run":"{id}","type":"run_started","plan_id":"p","steps":2,"resumed":false}}"#));
         j.push(&format!(
             r#"{{"seq":2,"at":"{at}","run":"{id}","type":"step_started","step":"a","attempt":1}}"#

@@ -120,6 +120,8 @@ enum Cmd {
     Show(plan_cmd::ShowArgs),
     /// Print a run's events as JSON Lines (`--follow` to wait for more).
     Events(plan_cmd::EventsArgs),
+    /// Remove old runs from a state directory (`--older-than 30d`, `--keep 100`).
+    Gc(plan_cmd::GcArgs),
     /// Finish a run that was interrupted (killed, crashed, Ctrl-C) or failed.
     Resume(plan_cmd::ResumeArgs),
     /// List the plugins of a config, or inspect a plugin library.
@@ -186,6 +188,7 @@ fn main() -> ! {
             Cmd::Show(a) => plan_cmd::show(a),
             Cmd::Events(a) => plan_cmd::events(a).await,
             Cmd::Resume(a) => plan_cmd::resume(a).await,
+            Cmd::Gc(a) => plan_cmd::gc(a),
             Cmd::Plugins(a) => plugins_cmd::plugins(a).await,
             Cmd::Agents(a) => agents_cmd::agents(a).await,
             Cmd::Health(a) => agents_cmd::health(a).await,

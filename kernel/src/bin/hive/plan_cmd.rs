@@ -1,5 +1,6 @@
 //! Plans on the command line: `hive run PLAN`, `hive resume RUN`, `hive validate PLAN`,
-//! `hive schema plan`, and the state readers `hive runs`, `hive show RUN`, `hive events RUN`.
+//! `hive schema plan`, the state readers `hive runs`, `hive show RUN`, `hive events RUN`, and
+//! `hive gc` (retention).
 //! Every run is durable in the state directory; `hive run` prints `run RUN_ID` first on
 //! stderr so that a killed run can be resumed.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, CacheMode, Config, Plan, PlanError, PlanRun, PluginSpec, ProcessConfig,
+    AgentSpec, CacheMode, Config, GcOptions, Plan, PlanError, PlanRun, PluginSpec, ProcessConfig,
     ProcessDriver, RunError, RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore,
     StepState, Timestamp,
 };
@@ -59,6 +60,29 @@ pub(crate) struct RunsArgs {
     #[command(flatten)]
     state: StateArgs,
     /// One JSON array on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["older_than", "keep"])))]
+pub(crate) struct GcArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Remove runs that ended (or, never ended, were created) longer ago than this: `30d`,
+    /// `12h`, `2w`, `90min`.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// Never remove the N most recently created runs (alone: remove all but those).
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Afterwards, rewrite the database so that the file shrinks (SQLite VACUUM).
+    #[arg(long)]
+    vacuum: bool,
+    /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -293,6 +317,104 @@ pub(crate) fn runs(args: RunsArgs) -> Result<u8, Exit> {
         );
     }
     Ok(0)
+}
+
+/// `hive gc`: removes old runs (rows and files) from a state directory.
+pub(crate) fn gc(args: GcArgs) -> Result<u8, Exit> {
+    let (dir, store) = open_store(args.state.state_dir)?;
+    let Some(store) = store else {
+        if args.json {
+            say!(
+                "{}",
+                json!({"dry_run": args.dry_run, "removed": [], "kept": 0, "busy": []})
+            );
+        } else {
+            say!("nothing to remove: {} has no state", dir.display());
+        }
+        return Ok(0);
+    };
+    let mut opts = GcOptions::new();
+    if let Some(age) = args.older_than {
+        opts.older_than(age);
+    }
+    if let Some(n) = args.keep {
+        opts.keep(n);
+    }
+    opts.dry_run(args.dry_run).vacuum(args.vacuum);
+    let report = store.gc(&opts)?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let n = report.removed.len();
+    let runs = |n: usize| if n == 1 { "run" } else { "runs" };
+    if report.dry_run {
+        say!("would remove {n} {} of {}:", runs(n), n + report.kept);
+        for r in &report.removed {
+            say!(
+                "  {}  {}  {}  {}",
+                r.run_id,
+                if r.plan_id.is_empty() {
+                    "-"
+                } else {
+                    &r.plan_id
+                },
+                r.state,
+                short_ts(r.finished_at)
+            );
+        }
+    } else {
+        let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &report.removed {
+            *states.entry(r.state.as_str()).or_default() += 1;
+        }
+        let by_state: Vec<String> = states.iter().map(|(s, k)| format!("{k} {s}")).collect();
+        say!(
+            "removed {n} {}{} and {} of their files; kept {} {}",
+            runs(n),
+            if by_state.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by_state.join(", "))
+            },
+            human_bytes(report.file_bytes),
+            report.kept,
+            runs(report.kept)
+        );
+        say!(
+            "database: {} -> {}{}",
+            human_bytes(report.db_bytes_before),
+            human_bytes(report.db_bytes_after),
+            if report.vacuumed {
+                " (vacuumed)"
+            } else if n > 0 {
+                " (freed pages are reused; --vacuum shrinks the file)"
+            } else {
+                ""
+            }
+        );
+    }
+    if !report.busy.is_empty() {
+        say!("left alone, being executed now: {}", report.busy.join(", "));
+    }
+    Ok(0)
+}
+
+fn human_bytes(b: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = b as f64;
+    if f < K {
+        format!("{b} B")
+    } else if f < K * K {
+        format!("{:.1} KiB", f / K)
+    } else if f < K * K * K {
+        format!("{:.1} MiB", f / (K * K))
+    } else {
+        format!("{:.2} GiB", f / (K * K * K))
+    }
 }
 
 pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {

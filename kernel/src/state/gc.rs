@@ -1,0 +1,542 @@
+//! Retention: [`StateStore::gc`] removes old runs from a state directory, their rows and their
+//! files together, and never a run that a process is executing.
+//!
+//! A state directory keeps every run until told otherwise: the database rows (run, steps,
+//! attempts, events) and, under `runs/`, the run's JSONL file, lock file and scratch
+//! directory. A run killed before the database's first commit exists in its JSONL file only;
+//! it is a run here too. The cache table is not touched: its entries carry their own outputs
+//! and do not depend on the run that made them.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{db, journal, lock::RunLock, parse_ts, valid_run_id, StateError, StateStore};
+use crate::ids::Timestamp;
+
+/// Which runs [`StateStore::gc`] removes. Nothing is selected until
+/// [`older_than`](GcOptions::older_than) or [`keep`](GcOptions::keep) is set; with both, a run
+/// is removed when it is old enough and not among the newest.
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut opts = hive_kernel::GcOptions::new();
+/// opts.older_than(Duration::from_secs(30 * 86_400)).keep(100);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+    dry_run: bool,
+    vacuum: bool,
+}
+
+impl GcOptions {
+    /// Selects nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs that ended (or, if they never ended, were created) longer ago than `age`.
+    pub fn older_than(&mut self, age: Duration) -> &mut Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// Never the `n` most recently created runs (alone: every run but those).
+    pub fn keep(&mut self, n: usize) -> &mut Self {
+        self.keep = Some(n);
+        self
+    }
+
+    /// Report what would be removed, and remove nothing.
+    pub fn dry_run(&mut self, yes: bool) -> &mut Self {
+        self.dry_run = yes;
+        self
+    }
+
+    /// Afterwards, rewrite the database file so that it shrinks (SQLite's `VACUUM`, which
+    /// needs as much free disk as the remaining database and waits for other writers).
+    /// Without it the freed pages are reused by later runs but the file keeps its size.
+    pub fn vacuum(&mut self, yes: bool) -> &mut Self {
+        self.vacuum = yes;
+        self
+    }
+}
+
+/// A run that [`StateStore::gc`] removed (or would remove).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct GcRun {
+    /// The run id.
+    pub run_id: String,
+    /// `plan_id` of its plan (empty when only stray files were left of it).
+    pub plan_id: String,
+    /// Its state: a run state, `interrupted` (no process executes it), or `leftover` (files
+    /// only, without a readable header).
+    pub state: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What [`StateStore::gc`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Nothing was removed: `removed` is what would have been.
+    pub dry_run: bool,
+    /// The runs removed, oldest first.
+    pub removed: Vec<GcRun>,
+    /// How many runs are left.
+    pub kept: usize,
+    /// Selected runs that a process is executing now: left alone.
+    pub busy: Vec<String>,
+    /// Bytes of the removed runs' files (JSONL, lock, scratch directory).
+    pub file_bytes: u64,
+    /// The database's size (with its WAL) before.
+    pub db_bytes_before: u64,
+    /// The database's size (with its WAL) after.
+    pub db_bytes_after: u64,
+    /// The database file was rewritten (`VACUUM`).
+    pub vacuumed: bool,
+}
+
+/// A run found in the database or in `runs/`.
+struct Found {
+    run_no: Option<i64>,
+    run: GcRun,
+}
+
+impl Found {
+    /// When its age counts from: its end, else its creation.
+    fn age_from(&self) -> Timestamp {
+        self.run.finished_at.unwrap_or(self.run.created_at)
+    }
+}
+
+/// Runs deleted per database transaction.
+const CHUNK: usize = 256;
+
+impl StateStore {
+    /// Removes the runs `opts` selects: their database rows in one transaction per few
+    /// hundred runs, then their files. A run whose lock is held (being executed, resumed,
+    /// or created right now) is skipped and listed in [`GcReport::busy`]; the locks of the
+    /// others are held until their files are gone, so no `hive resume` can start one
+    /// half-removed.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, StateError> {
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            db_bytes_before: self.db_bytes(),
+            ..GcReport::default()
+        };
+        let all = self.found_runs()?;
+        let now = Timestamp::now();
+        let selected = select(&all, opts, now);
+        let runs_dir = self.dir.join("runs");
+        let mut locked: Vec<(usize, RunLock)> = Vec::new();
+        for &i in &selected {
+            let id = &all[i].run.run_id;
+            if opts.dry_run {
+                if RunLock::held(&runs_dir, id) {
+                    report.busy.push(id.clone());
+                } else {
+                    report.removed.push(shown(&all[i], false));
+                }
+                continue;
+            }
+            match RunLock::acquire(&runs_dir, id) {
+                Ok(l) => locked.push((i, l)),
+                Err(StateError::RunBusy { .. }) => report.busy.push(id.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        if opts.dry_run {
+            report.kept = all.len() - report.removed.len();
+            report.db_bytes_after = report.db_bytes_before;
+            return Ok(report);
+        }
+        // Locked now: a run resumed (and so ended again) since the listing may be young again.
+        let cutoff = opts.older_than.map(|d| cutoff(now, d));
+        for chunk in locked.chunks(CHUNK) {
+            let gone = self.delete_rows(&all, chunk, cutoff)?;
+            for (&(i, _), gone) in chunk.iter().zip(gone) {
+                if gone {
+                    report.file_bytes += remove_files(&runs_dir, &all[i].run.run_id)?;
+                    report.removed.push(shown(&all[i], true));
+                }
+            }
+        }
+        drop(locked);
+        report.kept = all.len() - report.removed.len();
+        if opts.vacuum {
+            let conn = self.conn.lock();
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(self.m())?;
+            report.vacuumed = true;
+        }
+        report.db_bytes_after = self.db_bytes();
+        Ok(report)
+    }
+
+    /// The size of the database and its WAL.
+    fn db_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.db.clone().into_os_string();
+        wal.push("-wal");
+        len(&self.db) + len(Path::new(&wal))
+    }
+
+    /// Every run: the database's, then those with files only, oldest first.
+    fn found_runs(&self) -> Result<Vec<Found>, StateError> {
+        let mut all = Vec::new();
+        {
+            let conn = self.conn.lock();
+            let mut st = conn
+                .prepare("SELECT run_no, run_id, plan_id, state, created_at, finished_at FROM runs")
+                .map_err(self.m())?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Found {
+                        run_no: Some(r.get(0)?),
+                        run: GcRun {
+                            run_id: r.get(1)?,
+                            plan_id: r.get(2)?,
+                            state: r.get(3)?,
+                            created_at: parse_ts(r.get(4)?).unwrap_or_default(),
+                            finished_at: parse_ts(r.get(5)?),
+                        },
+                    })
+                })
+                .map_err(self.m())?;
+            for row in rows {
+                all.push(row.map_err(self.m())?);
+            }
+        }
+        let known: HashSet<String> = all.iter().map(|f| f.run.run_id.clone()).collect();
+        let runs_dir = self.dir.join("runs");
+        let entries = match std::fs::read_dir(&runs_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sorted(all)),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: runs_dir,
+                    source,
+                })
+            }
+        };
+        let mut strays: HashSet<String> = HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| StateError::Io {
+                path: runs_dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let id = name
+                .strip_suffix(".jsonl")
+                .or_else(|| name.strip_suffix(".lock"))
+                .unwrap_or(name);
+            if valid_run_id(id) && created_from_id(id).is_some() && !known.contains(id) {
+                strays.insert(id.to_string());
+            }
+        }
+        for id in strays {
+            let header = journal::read_header(&self.events_path(&id)).ok().flatten();
+            let run = match header {
+                Some((run, _)) if *run.run_id == *id => GcRun {
+                    plan_id: run.plan_id,
+                    state: "interrupted".into(),
+                    created_at: run.created_at,
+                    finished_at: None,
+                    run_id: id,
+                },
+                _ => GcRun {
+                    plan_id: String::new(),
+                    state: "leftover".into(),
+                    created_at: created_from_id(&id).unwrap_or_default(),
+                    finished_at: None,
+                    run_id: id,
+                },
+            };
+            all.push(Found { run_no: None, run });
+        }
+        Ok(sorted(all))
+    }
+
+    /// Deletes the rows of the locked runs `chunk` in one transaction; for each, whether it
+    /// is gone (false: it became young again, or it is no longer in the database).
+    fn delete_rows(
+        &self,
+        all: &[Found],
+        chunk: &[(usize, RunLock)],
+        cutoff: Option<Timestamp>,
+    ) -> Result<Vec<bool>, StateError> {
+        let mut conn = self.conn.lock();
+        let m = self.m();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&m)?;
+        let mut gone = Vec::with_capacity(chunk.len());
+        for &(i, _) in chunk {
+            let Some(run_no) = all[i].run_no else {
+                gone.push(true);
+                continue;
+            };
+            let now: Option<(Option<String>, Option<String>)> = tx
+                .query_row(
+                    "SELECT created_at, finished_at FROM runs WHERE run_no = ?1",
+                    [run_no],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(&m)?;
+            let Some((created, finished)) = now else {
+                gone.push(false);
+                continue;
+            };
+            let from = parse_ts(finished).or(parse_ts(created)).unwrap_or_default();
+            if cutoff.is_some_and(|c| from >= c) {
+                gone.push(false);
+                continue;
+            }
+            let (elo, ehi) = (db::event_key(run_no, 0), db::event_key(run_no, u64::MAX));
+            let (alo, ahi) = db::attempt_range(run_no);
+            let (slo, shi) = db::step_range(run_no);
+            tx.execute(
+                "DELETE FROM events WHERE id BETWEEN ?1 AND ?2",
+                params![elo, ehi],
+            )
+            .map_err(&m)?;
+            tx.execute(
+                "DELETE FROM attempts WHERE id BETWEEN ?1 AND ?2",
+                params![alo, ahi],
+            )
+            .map_err(&m)?;
+            tx.execute(
+                "DELETE FROM steps WHERE id BETWEEN ?1 AND ?2",
+                params![slo, shi],
+            )
+            .map_err(&m)?;
+            tx.execute("DELETE FROM runs WHERE run_no = ?1", [run_no])
+                .map_err(&m)?;
+            gone.push(true);
+        }
+        tx.commit().map_err(&m)?;
+        Ok(gone)
+    }
+}
+
+fn sorted(mut all: Vec<Found>) -> Vec<Found> {
+    all.sort_by(|a, b| (a.run.created_at, &a.run.run_id).cmp(&(b.run.created_at, &b.run.run_id)));
+    all
+}
+
+fn cutoff(now: Timestamp, age: Duration) -> Timestamp {
+    Timestamp(
+        now.0
+            .saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// The indices (into `all`, oldest first) of the runs `opts` selects.
+fn select(all: &[Found], opts: &GcOptions, now: Timestamp) -> Vec<usize> {
+    if opts.older_than.is_none() && opts.keep.is_none() {
+        return Vec::new();
+    }
+    let end = all.len() - opts.keep.unwrap_or(0).min(all.len());
+    let cutoff = opts.older_than.map(|d| cutoff(now, d));
+    (0..end)
+        .filter(|&i| cutoff.is_none_or(|c| all[i].age_from() < c))
+        .collect()
+}
+
+/// The run as reported: a `running` or `pending` run that nobody executes is `interrupted`
+/// (`locked`: this process holds its lock, so nobody else does).
+fn shown(f: &Found, locked: bool) -> GcRun {
+    let mut run = f.run.clone();
+    if f.run_no.is_some() && matches!(run.state.as_str(), "running" | "pending") && locked {
+        run.state = "interrupted".into();
+    }
+    run
+}
+
+/// The creation time written in a run id (`YYYYMMDD-HHMMSS-mmm-...`).
+fn created_from_id(id: &str) -> Option<Timestamp> {
+    let b = id.as_bytes();
+    if b.len() < 19 || b[8] != b'-' || b[15] != b'-' || b[19..].first().is_some_and(|&c| c != b'-')
+    {
+        return None;
+    }
+    let digits =
+        |r: std::ops::Range<usize>| id.get(r).filter(|s| s.bytes().all(|c| c.is_ascii_digit()));
+    let s = format!(
+        "{}-{}-{}T{}:{}:{}.{}Z",
+        digits(0..4)?,
+        digits(4..6)?,
+        digits(6..8)?,
+        digits(9..11)?,
+        digits(11..13)?,
+        digits(13..15)?,
+        digits(16..19)?
+    );
+    humantime::parse_rfc3339(&s).ok().map(Timestamp::from)
+}
+
+/// Removes a run's files (its JSONL file, scratch directory, then lock file); the bytes they
+/// held. A file already gone is fine.
+fn remove_files(runs_dir: &Path, id: &str) -> Result<u64, StateError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Io { path, source }
+    };
+    let mut bytes = 0;
+    let scratch = runs_dir.join(id);
+    bytes += tree_bytes(&scratch);
+    match std::fs::remove_dir_all(&scratch) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&scratch)(e)),
+        _ => {}
+    }
+    for ext in ["jsonl", "lock"] {
+        let p = runs_dir.join(format!("{id}.{ext}"));
+        bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
+            _ => {}
+        }
+    }
+    Ok(bytes)
+}
+
+/// The bytes of the files under `p` (0 if it does not exist).
+fn tree_bytes(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(id: &str, created: u64, finished: Option<u64>) -> Found {
+        Found {
+            run_no: Some(1),
+            run: GcRun {
+                run_id: id.into(),
+                plan_id: "p".into(),
+                state: "succeeded".into(),
+                created_at: Timestamp(created),
+                finished_at: finished.map(Timestamp),
+            },
+        }
+    }
+
+    #[test]
+    fn selection_by_age_and_by_count() {
+        const S: u64 = 1_000_000;
+        let now = Timestamp(1_000 * S);
+        // Created at 100, 200, 300, 400 s; the second never ended; the first ended late.
+        let all = vec![
+            found("a", 100 * S, Some(950 * S)),
+            found("b", 200 * S, None),
+            found("c", 300 * S, Some(310 * S)),
+            found("d", 400 * S, Some(410 * S)),
+        ];
+        let pick = |o: &GcOptions| select(&all, o, now);
+        assert!(pick(&GcOptions::new()).is_empty(), "nothing unless asked");
+        let age = |s: u64| Duration::from_secs(s);
+        // Older than 500 s: ended before 500 s, or never ended and created before.
+        assert_eq!(pick(GcOptions::new().older_than(age(500))), [1, 2, 3]);
+        assert_eq!(pick(GcOptions::new().older_than(age(10_000))), [0usize; 0]);
+        assert_eq!(pick(GcOptions::new().keep(1)), [0, 1, 2]);
+        assert_eq!(pick(GcOptions::new().keep(0)), [0, 1, 2, 3]);
+        assert_eq!(pick(GcOptions::new().keep(9)), [0usize; 0]);
+        assert_eq!(pick(GcOptions::new().older_than(age(500)).keep(2)), [1]);
+    }
+
+    /// Runs that exist as files only (killed before the database's first commit, or stray
+    /// leftovers named like a run) are runs to `gc` too; other files in `runs/` are not, and
+    /// a run whose lock is held is left alone.
+    #[test]
+    fn file_only_runs_and_leftovers_are_removed_other_files_are_not() {
+        use crate::state::new_run_id;
+        use crate::state::tests::header_only_run;
+        let dir = std::env::temp_dir().join(format!("hive-gc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = StateStore::open(&dir).expect("store");
+        let runs = dir.join("runs");
+        // Killed before its first commit: a JSONL file with a header, a lock, a scratch dir.
+        let (id, mut j) = header_only_run(&store, &["a"]);
+        j.flush().expect("flush");
+        drop(j);
+        drop(store.lock_run(&id).expect("lock"));
+        std::fs::create_dir_all(store.run_dir(&id).join("sub")).expect("scratch");
+        std::fs::write(store.run_dir(&id).join("sub").join("f"), b"12345").expect("file");
+        // A leftover scratch directory, and a run being created right now (lock held).
+        let stray = "20260101-000000-000-abcdef";
+        std::fs::create_dir_all(runs.join(stray)).expect("stray");
+        let live = new_run_id();
+        let live_lock = store.lock_run(&live).expect("live lock");
+        std::fs::write(runs.join("notes.txt"), b"mine").expect("notes");
+
+        let dry = store
+            .gc(GcOptions::new().keep(0).dry_run(true))
+            .expect("dry run");
+        let mut ids: Vec<&str> = dry.removed.iter().map(|r| r.run_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut want = vec![id.as_str(), stray];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert_eq!(dry.busy, std::slice::from_ref(&live));
+        assert!(store.events_path(&id).exists(), "a dry run removes nothing");
+
+        let r = store.gc(GcOptions::new().keep(0)).expect("gc");
+        assert_eq!(r.removed.len(), 2);
+        assert_eq!(r.busy, std::slice::from_ref(&live));
+        assert_eq!(r.kept, 1);
+        let by_id = |x: &str| r.removed.iter().find(|g| g.run_id == x).expect("removed");
+        assert_eq!(
+            (by_id(&id).state.as_str(), by_id(&id).plan_id.as_str()),
+            ("interrupted", "p")
+        );
+        assert_eq!(by_id(stray).state, "leftover");
+        assert!(r.file_bytes >= 5, "{}", r.file_bytes);
+        assert!(!store.events_path(&id).exists());
+        assert!(!store.run_dir(&id).exists());
+        assert!(!runs.join(format!("{id}.lock")).exists());
+        assert!(!runs.join(stray).exists());
+        assert!(runs.join("notes.txt").exists(), "not a run's file");
+        assert!(
+            runs.join(format!("{live}.lock")).exists(),
+            "a held lock stays"
+        );
+        assert!(matches!(store.run(&id), Err(StateError::NoSuchRun(_))));
+        drop(live_lock);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn run_ids_carry_their_creation_time() {
+        let t = created_from_id("20261122-063231-036-138cc1").expect("an id");
+        assert_eq!(t.to_string(), "2026-11-22T06:32:31.036000Z");
+        for bad in [
+            "20261122",
+            "2026112x-063231-036-1",
+            "20261122_063231_036_1",
+            "x",
+        ] {
+            assert!(created_from_id(bad).is_none(), "{bad}");
+        }
+    }
+}
