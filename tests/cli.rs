@@ -342,9 +342,12 @@ fn json_result_has_every_key_in_input_order() {
             "errors",
             "agent",
             "duration_s",
+            "artifacts",
         ] {
             assert!(t.get(key).is_some(), "task lacks `{key}`: {t}");
         }
+        // A command's output (exit code, stdout, stderr) has no artifacts.
+        assert_eq!(t["artifacts"], serde_json::json!([]), "{t}");
         for key in ["started_at", "finished_at"] {
             let s = t[key]
                 .as_str()

@@ -475,6 +475,18 @@ impl TaskResult {
         self.attempts.last().and_then(|a| a.exit_code)
     }
 
+    /// The `artifacts` array of its output, when it succeeded (or was cached) with an object
+    /// that has one: the legacy `OrchestrationResult`'s per-task `artifacts`. Else empty.
+    pub fn artifacts(&self) -> &[Value] {
+        match &self.outcome {
+            Outcome::Succeeded(v) | Outcome::Cached(v) => v
+                .get("artifacts")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice),
+            _ => &[],
+        }
+    }
+
     /// Time spent running, summed over attempts.
     pub fn run_time(&self) -> Duration {
         self.attempts
@@ -503,6 +515,33 @@ pub(crate) mod secs_f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifacts_come_from_a_successful_output_object() {
+        let result = |outcome| TaskResult {
+            id: TaskId(1),
+            name: None,
+            outcome,
+            attempts: Vec::new(),
+            queued_at: Timestamp(0),
+            started_at: None,
+            finished_at: Timestamp(0),
+        };
+        let out = serde_json::json!({"artifacts": ["a.txt", {"path": "b"}], "x": 1});
+        let ok = result(Outcome::Succeeded(out.clone()));
+        assert_eq!(
+            ok.artifacts(),
+            out["artifacts"].as_array().expect("array").as_slice()
+        );
+        assert_eq!(result(Outcome::Cached(out)).artifacts().len(), 2);
+        for none in [
+            Outcome::Succeeded(serde_json::json!({"artifacts": "not a list"})),
+            Outcome::Succeeded(serde_json::json!(["artifacts"])),
+            Outcome::Skipped("why".into()),
+        ] {
+            assert!(result(none).artifacts().is_empty());
+        }
+    }
 
     #[test]
     fn exponential_backoff_grows_then_caps() {

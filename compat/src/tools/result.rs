@@ -44,6 +44,7 @@ impl TaskOutcome {
     pub(crate) fn from_kernel(id: Arc<str>, r: TaskResult) -> Self {
         let mut errors: Vec<String> = r.attempts.iter().filter_map(|a| a.error.clone()).collect();
         let duration_s = r.run_time().as_secs_f64();
+        let artifacts = r.artifacts().to_vec();
         let status = r.status();
         let output = match r.outcome {
             Outcome::Succeeded(v) | Outcome::Cached(v) => Some(v),
@@ -57,12 +58,6 @@ impl TaskOutcome {
             }
             _ => None,
         };
-        let artifacts = output
-            .as_ref()
-            .and_then(|o| o.get("artifacts"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
         TaskOutcome {
             id,
             status,

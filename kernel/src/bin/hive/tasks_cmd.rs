@@ -394,6 +394,7 @@ fn orchestration_result(r: &BatchResult, cost_estimate: f64) -> Value {
                 "errors": errors,
                 "agent": t.attempts.last().map(|a| a.agent.get()),
                 "duration_s": t.run_time().as_secs_f64(),
+                "artifacts": t.artifacts(),
             });
             if let Outcome::Succeeded(v) = &t.outcome {
                 if let Some(obj) = o.as_object_mut() {
