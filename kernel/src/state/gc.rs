@@ -104,11 +104,15 @@ pub struct GcReport {
     pub db_bytes_after: u64,
     /// The database file was rewritten (`VACUUM`).
     pub vacuumed: bool,
+    /// Why `VACUUM` failed (the runs are removed all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vacuum_error: Option<String>,
 }
 
 /// A run found in the database or in `runs/`.
 struct Found {
-    run_no: Option<i64>,
+    /// Listed from the database (else from `runs/`).
+    in_db: bool,
     run: GcRun,
 }
 
@@ -138,46 +142,45 @@ impl StateStore {
         let now = Timestamp::now();
         let selected = select(&all, opts, now);
         let runs_dir = self.dir.join("runs");
-        let mut locked: Vec<(usize, RunLock)> = Vec::new();
-        for &i in &selected {
-            let id = &all[i].run.run_id;
-            if opts.dry_run {
-                if RunLock::held(&runs_dir, id) {
-                    report.busy.push(id.clone());
+        if opts.dry_run {
+            for &i in &selected {
+                if RunLock::held(&runs_dir, &all[i].run.run_id) {
+                    report.busy.push(all[i].run.run_id.clone());
                 } else {
                     report.removed.push(shown(&all[i], false));
                 }
-                continue;
             }
-            match RunLock::acquire(&runs_dir, id) {
-                Ok(l) => locked.push((i, l)),
-                Err(StateError::RunBusy { .. }) => report.busy.push(id.clone()),
-                Err(e) => return Err(e),
-            }
-        }
-        if opts.dry_run {
             report.kept = all.len() - report.removed.len();
             report.db_bytes_after = report.db_bytes_before;
             return Ok(report);
         }
-        // Locked now: a run resumed (and so ended again) since the listing may be young again.
         let cutoff = opts.older_than.map(|d| cutoff(now, d));
-        for chunk in locked.chunks(CHUNK) {
-            let gone = self.delete_rows(&all, chunk, cutoff)?;
-            for (&(i, _), gone) in chunk.iter().zip(gone) {
+        // A chunk at a time: its locks (a descriptor each) are held until its files are gone.
+        for chunk in selected.chunks(CHUNK) {
+            let mut locked: Vec<(usize, RunLock)> = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let id = &all[i].run.run_id;
+                match RunLock::acquire(&runs_dir, id) {
+                    Ok(l) => locked.push((i, l)),
+                    Err(StateError::RunBusy { .. }) => report.busy.push(id.clone()),
+                    Err(e) => return Err(e),
+                }
+            }
+            let gone = self.delete_rows(&all, &locked, cutoff)?;
+            for (&(i, _), gone) in locked.iter().zip(gone) {
                 if gone {
                     report.file_bytes += remove_files(&runs_dir, &all[i].run.run_id)?;
                     report.removed.push(shown(&all[i], true));
                 }
             }
         }
-        drop(locked);
         report.kept = all.len() - report.removed.len();
         if opts.vacuum {
             let conn = self.conn.lock();
-            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
-                .map_err(self.m())?;
-            report.vacuumed = true;
+            match conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);") {
+                Ok(()) => report.vacuumed = true,
+                Err(e) => report.vacuum_error = Some(self.m()(e).to_string()),
+            }
         }
         report.db_bytes_after = self.db_bytes();
         Ok(report)
@@ -197,18 +200,18 @@ impl StateStore {
         {
             let conn = self.conn.lock();
             let mut st = conn
-                .prepare("SELECT run_no, run_id, plan_id, state, created_at, finished_at FROM runs")
+                .prepare("SELECT run_id, plan_id, state, created_at, finished_at FROM runs")
                 .map_err(self.m())?;
             let rows = st
                 .query_map([], |r| {
                     Ok(Found {
-                        run_no: Some(r.get(0)?),
+                        in_db: true,
                         run: GcRun {
-                            run_id: r.get(1)?,
-                            plan_id: r.get(2)?,
-                            state: r.get(3)?,
-                            created_at: parse_ts(r.get(4)?).unwrap_or_default(),
-                            finished_at: parse_ts(r.get(5)?),
+                            run_id: r.get(0)?,
+                            plan_id: r.get(1)?,
+                            state: r.get(2)?,
+                            created_at: parse_ts(r.get(3)?).unwrap_or_default(),
+                            finished_at: parse_ts(r.get(4)?),
                         },
                     })
                 })
@@ -263,13 +266,13 @@ impl StateStore {
                     run_id: id,
                 },
             };
-            all.push(Found { run_no: None, run });
+            all.push(Found { in_db: false, run });
         }
         Ok(sorted(all))
     }
 
     /// Deletes the rows of the locked runs `chunk` in one transaction; for each, whether it
-    /// is gone (false: it became young again, or it is no longer in the database).
+    /// is to go (false: it became young again).
     fn delete_rows(
         &self,
         all: &[Found],
@@ -283,20 +286,19 @@ impl StateStore {
             .map_err(&m)?;
         let mut gone = Vec::with_capacity(chunk.len());
         for &(i, _) in chunk {
-            let Some(run_no) = all[i].run_no else {
-                gone.push(true);
-                continue;
-            };
-            let now: Option<(Option<String>, Option<String>)> = tx
+            // Looked up again under the lock: a run resumed since the listing may be young
+            // again, and a run of the files only may have been taken into the database.
+            let now: Option<(i64, Option<String>, Option<String>)> = tx
                 .query_row(
-                    "SELECT created_at, finished_at FROM runs WHERE run_no = ?1",
-                    [run_no],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "SELECT run_no, created_at, finished_at FROM runs WHERE run_id = ?1",
+                    [&all[i].run.run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(&m)?;
-            let Some((created, finished)) = now else {
-                gone.push(false);
+            let Some((run_no, created, finished)) = now else {
+                // Files only (or its rows went meanwhile): the files go.
+                gone.push(true);
                 continue;
             };
             let from = parse_ts(finished).or(parse_ts(created)).unwrap_or_default();
@@ -359,7 +361,7 @@ fn select(all: &[Found], opts: &GcOptions, now: Timestamp) -> Vec<usize> {
 /// (`locked`: this process holds its lock, so nobody else does).
 fn shown(f: &Found, locked: bool) -> GcRun {
     let mut run = f.run.clone();
-    if f.run_no.is_some() && matches!(run.state.as_str(), "running" | "pending") && locked {
+    if f.in_db && matches!(run.state.as_str(), "running" | "pending") && locked {
         run.state = "interrupted".into();
     }
     run
@@ -431,7 +433,7 @@ mod tests {
 
     fn found(id: &str, created: u64, finished: Option<u64>) -> Found {
         Found {
-            run_no: Some(1),
+            in_db: true,
             run: GcRun {
                 run_id: id.into(),
                 plan_id: "p".into(),

@@ -347,7 +347,7 @@ pub(crate) fn gc(args: GcArgs) -> Result<u8, Exit> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-        return Ok(0);
+        return Ok(if report.vacuum_error.is_some() { 1 } else { 0 });
     }
     let n = report.removed.len();
     let runs = |n: usize| if n == 1 { "run" } else { "runs" };
@@ -400,7 +400,12 @@ pub(crate) fn gc(args: GcArgs) -> Result<u8, Exit> {
     if !report.busy.is_empty() {
         say!("left alone, being executed now: {}", report.busy.join(", "));
     }
-    Ok(0)
+    match report.vacuum_error {
+        Some(e) => Err(Exit::failed(format!(
+            "the runs are removed, but the database was not vacuumed: {e}"
+        ))),
+        None => Ok(0),
+    }
 }
 
 fn human_bytes(b: u64) -> String {
