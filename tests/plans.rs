@@ -537,6 +537,50 @@ fn gc_removes_old_runs_and_never_a_running_one() {
     );
 }
 
+/// `--legacy`: the legacy plan command line's contract (`python -m core.engine.orchestrator`):
+/// `Run ID: <id>` alone on stdout, exit 0 once the run ended (failed included), 1 on bad
+/// input, 2 on a bad flag.
+#[test]
+fn legacy_flag_keeps_the_legacy_plan_cli_contract() {
+    let dir = scratch("plan-legacy");
+    write(
+        &dir,
+        "fails.yaml",
+        "plan_id: f\nversion: 1\nsteps:\n  - id: bad\n    command: 'false'\n",
+    );
+    let f = hive(
+        &dir,
+        &["run", "fails.yaml", "--state-dir", "st", "--legacy", "-q"],
+    );
+    assert_eq!(f.code, 0, "a failed run still exits 0: {f}");
+    let id = run_id(&f);
+    assert_eq!(f.stdout, format!("Run ID: {id}\n"), "{f}");
+    assert!(
+        f.stderr.contains("bad failed"),
+        "the summary is on stderr: {f}"
+    );
+    let f = hive(&dir, &["show", &id, "--state-dir", "st", "--json"]);
+    assert_eq!(f.json()["run"]["state"], "failed");
+    // Without it, the same run exits 1 and the summary is on stdout.
+    let f = hive(&dir, &["run", "fails.yaml", "--state-dir", "st", "-q"]);
+    assert_eq!(f.code, 1, "{f}");
+    assert!(
+        f.stdout.contains("bad failed") && !f.stdout.contains("Run ID"),
+        "{f}"
+    );
+    // Bad input is 1 (the legacy CLI's exception), a bad flag 2 (argparse's).
+    let f = hive(
+        &dir,
+        &["run", "missing.yaml", "--state-dir", "st", "--legacy"],
+    );
+    assert_eq!(f.code, 1, "{f}");
+    assert!(f.stderr.contains("missing.yaml"), "{f}");
+    let f = hive(&dir, &["run", "fails.yaml", "--var", "novalue", "--legacy"]);
+    assert_eq!(f.code, 1, "{f}");
+    let f = hive(&dir, &["run", "fails.yaml", "--legacy", "--json"]);
+    assert_bad_input(&f, &["--legacy", "--json"]);
+}
+
 #[test]
 fn a_corrupt_state_database_is_a_clear_error() {
     let dir = scratch("plan-corrupt");

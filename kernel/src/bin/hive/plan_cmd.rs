@@ -565,6 +565,8 @@ struct Launch {
     events: Option<PathBuf>,
     opts: RunOptions,
     resume: Option<(String, bool)>,
+    /// `--legacy`: the summary on stderr, then `Run ID: <id>` alone on stdout.
+    legacy: bool,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
@@ -622,6 +624,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         events: args.events,
         opts,
         resume: None,
+        legacy: args.legacy,
     })
     .await
 }
@@ -668,6 +671,7 @@ pub(crate) async fn resume(args: ResumeArgs) -> Result<u8, Exit> {
         events: None,
         opts,
         resume: Some((args.run, args.force)),
+        legacy: false,
     })
     .await
 }
@@ -684,6 +688,7 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
         events,
         mut opts,
         resume,
+        legacy,
     } = l;
     let cfg = config.as_ref().map(|c| &c.1);
     let extra = if dry_run && !cfg.is_some_and(has_development) {
@@ -817,8 +822,11 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
             "{}",
             serde_json::to_string_pretty(&json_result(&report)).unwrap_or_default()
         );
+    } else if legacy {
+        print_summary(&report, &|line| eprintln!("{line}"));
+        say!("Run ID: {}", report.run_id);
     } else {
-        print_summary(&report);
+        print_summary(&report, &|line| crate::say(line));
     }
     let code = if interrupted.load(std::sync::atomic::Ordering::Acquire) {
         130
@@ -882,20 +890,21 @@ fn json_result(r: &RunReport) -> Value {
     })
 }
 
-fn print_summary(r: &RunReport) {
+/// The failed steps, the counts and the run's line, each through `out`.
+fn print_summary(r: &RunReport, out: &dyn Fn(String)) {
     for s in r.steps.iter().filter(|s| {
         matches!(
             s.state,
             StepState::Failed | StepState::TimedOut | StepState::Cancelled
         )
     }) {
-        say!(
+        out(format!(
             "{} {} after {} attempt(s): {}",
             s.id,
             s.state,
             s.attempts,
             s.error.as_deref().unwrap_or("")
-        );
+        ));
     }
     let serial: f64 = r
         .steps
@@ -917,13 +926,13 @@ fn print_summary(r: &RunReport) {
     if kept > 0 {
         counts.push_str(&format!(" ({kept} kept from before the resume)"));
     }
-    say!("{counts}");
-    say!(
+    out(counts);
+    out(format!(
         "run {} {}: wall time {:.3}s, serial time {:.3}s, speedup {:.2}x",
         r.run_id,
         r.state,
         r.wall.as_secs_f64(),
         serial,
         r.speedup_vs_serial()
-    );
+    ));
 }

@@ -80,6 +80,11 @@ pub(crate) struct RunArgs {
     /// nothing is executed for real and no run is recorded.
     #[arg(long, conflicts_with = "tasks")]
     pub(crate) dry_run: bool,
+    /// Behave like the legacy plan command line (`python -m core.engine.orchestrator PLAN
+    /// --var K=V`): `Run ID: <id>` alone on stdout (the summary goes to stderr), exit 0 once
+    /// the run has ended whatever its state, 1 on bad input, 2 on a bad flag.
+    #[arg(long, conflicts_with_all = ["tasks", "json", "dry_run"])]
+    pub(crate) legacy: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -212,6 +217,14 @@ fn payload_of(t: &TaskLine) -> Value {
 
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
     match (&args.plan, &args.tasks) {
+        (Some(_), None) if args.legacy => {
+            // The legacy CLI raised an exception (exit 1) for anything but a bad flag.
+            return match crate::plan_cmd::run(args).await {
+                Ok(130) => Ok(130),
+                Ok(_) => Ok(0),
+                Err(e) => Err(Exit { code: 1, ..e }),
+            };
+        }
         (Some(_), None) => return crate::plan_cmd::run(args).await,
         (None, Some(_)) => {}
         (Some(_), Some(_)) | (None, None) => {
