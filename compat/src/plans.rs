@@ -175,7 +175,8 @@ impl OrchestratorBuilder {
             )),
             None => None,
         };
-        let state_dir = launch::state_dir(self.state_dir.as_deref(), config.as_ref().map(|c| &c.1));
+        let state_dir =
+            hive_kernel::state_dir(self.state_dir.as_deref(), config.as_ref().map(|c| &c.1));
         let store = StateStore::open(&state_dir)?;
         let workdir = match &self.workdir {
             Some(w) => w.clone(),

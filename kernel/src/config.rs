@@ -153,6 +153,33 @@ impl Default for KernelSection {
     }
 }
 
+impl KernelSection {
+    /// The quarantine policy these settings give plugins.
+    pub fn quarantine_policy(&self) -> crate::QuarantinePolicy {
+        crate::QuarantinePolicy::new(
+            self.plugin_max_errors,
+            Duration::from_secs_f64(self.plugin_error_window_s),
+        )
+    }
+
+    /// A kernel builder with these settings (the defaults: `KernelSection::default()`).
+    pub fn kernel_builder(&self) -> KernelBuilder {
+        let k = self;
+        let mut b = KernelBuilder::new();
+        b.default_timeout(Duration::from_secs_f64(k.default_timeout_s))
+            .grace_period(Duration::from_secs_f64(k.grace_period_s))
+            .queue_capacity(k.queue_capacity)
+            .event_capacity(k.event_buffer);
+        if let Some(s) = k.seed {
+            b.seed(s);
+        }
+        if k.starved_role_timeout_s > 0.0 {
+            b.starved_role_timeout(Duration::from_secs_f64(k.starved_role_timeout_s));
+        }
+        b
+    }
+}
+
 /// `[[pools]]`: `size` agents of one role.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,27 +551,12 @@ impl Config {
 
     /// The quarantine policy of `[kernel]`.
     pub fn quarantine_policy(&self) -> crate::QuarantinePolicy {
-        crate::QuarantinePolicy::new(
-            self.kernel.plugin_max_errors,
-            Duration::from_secs_f64(self.kernel.plugin_error_window_s),
-        )
+        self.kernel.quarantine_policy()
     }
 
     /// A kernel builder with the `[kernel]` settings.
     pub fn kernel_builder(&self) -> KernelBuilder {
-        let k = &self.kernel;
-        let mut b = KernelBuilder::new();
-        b.default_timeout(Duration::from_secs_f64(k.default_timeout_s))
-            .grace_period(Duration::from_secs_f64(k.grace_period_s))
-            .queue_capacity(k.queue_capacity)
-            .event_capacity(k.event_buffer);
-        if let Some(s) = k.seed {
-            b.seed(s);
-        }
-        if k.starved_role_timeout_s > 0.0 {
-            b.starved_role_timeout(Duration::from_secs_f64(k.starved_role_timeout_s));
-        }
-        b
+        self.kernel.kernel_builder()
     }
 
     /// The pools, with drivers built (a plugin's driver through `kernel`, which must have

@@ -32,6 +32,7 @@ mod kernel;
 mod plan;
 mod plugin;
 mod queue;
+mod setup;
 mod state;
 mod task;
 
@@ -60,6 +61,9 @@ pub use plugin::{
     PluginHealth, PluginLoadError, PluginManifest, PluginSpec, QuarantinePolicy,
 };
 pub use queue::QueueOrder;
+pub use setup::{
+    kernel_settings, local_driver, spawn_pools, start_kernel, state_dir, SetupError, LOCAL_ROLE,
+};
 pub use state::{
     AttemptRow, GcOptions, GcReport, GcRun, RunEvent, RunEventKind, RunLock, RunRecord, RunState,
     StateError, StateStore, StepRecord, StepState,

@@ -1,46 +1,38 @@
-//! Starting a kernel for one run, the way `hive run PLAN` does (kernel/src/bin/hive/setup.rs
-//! and plan_cmd.rs, which live in the binary and are not reachable from a library): the
-//! config's `[kernel]` settings and plugins, the plan's default timeout, a local process
-//! agent for command steps (role `local`, capacity = max concurrency), and the config's pools
-//! for the roles the plan names, with each pool's capacity as the role's limit.
+//! Starting a kernel for one run, the way `hive run PLAN` does, through the kernel's own
+//! set-up (`hive_kernel::start_kernel`, which the binary uses too): the config's `[kernel]`
+//! settings and plugins, the plan's default timeout, a local process agent for command steps
+//! (role `local`, capacity = max concurrency), and the config's pools for the roles the plan
+//! names, with each pool's capacity as the role's limit.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use hive_kernel::{AgentSpec, Config, Kernel, Plan, ProcessConfig, ProcessDriver, ShutdownMode};
+use hive_kernel::{AgentSpec, Config, Kernel, Plan, SetupError, ShutdownMode, LOCAL_ROLE};
 
 use super::OrchestratorError;
 
-/// The role of command steps that name none (as in `hive run`).
-pub(crate) const LOCAL_ROLE: &str = "local";
+impl From<SetupError> for OrchestratorError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::Config(c) => OrchestratorError::Config(c),
+            other => OrchestratorError::Kernel(other.to_string()),
+        }
+    }
+}
 
 /// Builds a kernel with the config's settings and plugins; `default_timeout` is the plan's.
 pub(crate) fn build_kernel(
     config: Option<&Config>,
     default_timeout: Option<Duration>,
 ) -> Result<Kernel, OrchestratorError> {
-    let mut builder = match config {
-        Some(c) => c.kernel_builder(),
-        None => Kernel::builder(),
-    };
+    let mut settings = hive_kernel::kernel_settings(config);
     if let Some(t) = default_timeout {
-        builder.default_timeout(t);
+        settings.default_timeout(t);
     }
-    let kernel = builder
-        .build()
-        .map_err(|e| OrchestratorError::Kernel(e.to_string()))?;
-    if let Some(c) = config {
-        let specs = c.plugin_specs();
-        if !specs.is_empty() {
-            let warnings = kernel
-                .load_plugins(&specs, c.quarantine_policy(), c.dir())
-                .map_err(|e| OrchestratorError::Kernel(format!("{}: {e}", c.path().display())))?;
-            for w in warnings {
-                tracing::warn!("optional {w} (continuing without it)");
-            }
-        }
-        c.check_drivers(&kernel.plugin_drivers())?;
+    let (kernel, skipped) = hive_kernel::start_kernel(config, &settings, &[])?;
+    for w in skipped {
+        tracing::warn!("optional {w} (continuing without it)");
     }
     Ok(kernel)
 }
@@ -72,15 +64,9 @@ pub(crate) async fn spawn_agents(
 ) -> Result<HashMap<String, usize>, OrchestratorError> {
     let mut capacity = HashMap::new();
     if plan.has_local_commands() || plan.roles().contains(&LOCAL_ROLE) {
-        let mut pc = ProcessConfig::new();
-        if let Some((_, c)) = config {
-            pc.tail_bytes(c.kernel.output_tail_kib * 1024);
-        }
+        let driver = hive_kernel::local_driver(config.map(|c| &c.1));
         kernel
-            .spawn_agent(
-                AgentSpec::new(LOCAL_ROLE, ProcessDriver::new(pc).shared())
-                    .with_capacity(max_concurrency),
-            )
+            .spawn_agent(AgentSpec::new(LOCAL_ROLE, driver).with_capacity(max_concurrency))
             .await
             .map_err(|e| OrchestratorError::Kernel(e.to_string()))?;
     }
@@ -89,39 +75,24 @@ pub(crate) async fn spawn_agents(
     };
     let roles = plan.roles();
     let pools = c.pools(kernel);
-    let mut failures = Vec::new();
-    for p in pools.iter().filter(|p| roles.contains(&&*p.role)) {
-        kernel
-            .declare_role(&*p.role, p.role_config)
-            .map_err(|e| OrchestratorError::Kernel(e.to_string()))?;
-        kernel.register_template(p.spec.clone());
-        for _ in 0..p.size {
-            if let Err(e) = kernel.spawn_agent(p.spec.clone()).await {
-                failures.push(e.to_string());
-            }
-        }
+    let wanted: Vec<_> = pools.iter().filter(|p| roles.contains(&&*p.role)).collect();
+    let failures = hive_kernel::spawn_pools(kernel, wanted.iter().copied())
+        .await
+        .map_err(|e| OrchestratorError::Kernel(e.to_string()))?;
+    if !failures.is_empty() {
+        kernel.shutdown(ShutdownMode::Now).await;
+        let why: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        return Err(OrchestratorError::Kernel(format!(
+            "{} agent(s) did not start: {}",
+            failures.len(),
+            why.join("; ")
+        )));
+    }
+    for p in wanted {
         capacity.insert(
             p.role.to_string(),
             (p.size as usize * p.spec.capacity as usize).max(1),
         );
     }
-    if !failures.is_empty() {
-        kernel.shutdown(ShutdownMode::Now).await;
-        return Err(OrchestratorError::Kernel(format!(
-            "{} agent(s) did not start: {}",
-            failures.len(),
-            failures.join("; ")
-        )));
-    }
     Ok(capacity)
-}
-
-/// The state directory: the given one, else `$HIVE_STATE_DIR`, else the config's, else
-/// `.hive` (the same order as the `hive` command).
-pub(crate) fn state_dir(given: Option<&Path>, config: Option<&Config>) -> PathBuf {
-    given
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("HIVE_STATE_DIR").map(PathBuf::from))
-        .or_else(|| config.and_then(Config::state_dir))
-        .unwrap_or_else(|| PathBuf::from(".hive"))
 }

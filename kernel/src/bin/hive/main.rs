@@ -141,9 +141,7 @@ pub(crate) fn say(line: impl AsRef<str>) {
 
 /// Where state lives: the flag, else $HIVE_STATE_DIR, else the config's, else `.hive`.
 pub(crate) fn state_dir(flag: Option<PathBuf>, config: Option<&hive_kernel::Config>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("HIVE_STATE_DIR").map(PathBuf::from))
-        .or_else(|| config.and_then(|c| c.state_dir()))
-        .unwrap_or_else(|| PathBuf::from(".hive"))
+    hive_kernel::state_dir(flag.as_deref(), config)
 }
 
 fn init_tracing() {

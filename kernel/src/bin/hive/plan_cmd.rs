@@ -11,17 +11,14 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, CacheMode, Config, GcOptions, Plan, PlanError, PlanRun, PluginSpec, ProcessConfig,
-    ProcessDriver, RunError, RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore,
-    StepState, Timestamp,
+    AgentSpec, CacheMode, Config, GcOptions, Plan, PlanError, PlanRun, PluginSpec, RunError,
+    RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState, Timestamp,
+    LOCAL_ROLE,
 };
 use serde_json::{json, Value};
 
 use crate::tasks_cmd::RunArgs;
 use crate::{progress, Exit};
-
-/// The role of command steps that name none.
-const LOCAL_ROLE: &str = "local";
 
 #[derive(Args, Debug)]
 pub(crate) struct ValidateArgs {
@@ -725,13 +722,9 @@ async fn launch(l: Launch) -> Result<u8, Exit> {
     // Agents: a local process agent for commands, and the pools the plan's roles name.
     let mut capacity: HashMap<String, usize> = HashMap::new();
     if plan.has_local_commands() || plan.roles().contains(&LOCAL_ROLE) {
-        let mut pc = ProcessConfig::new();
-        if let Some((_, c)) = &config {
-            pc.tail_bytes(c.kernel.output_tail_kib * 1024);
-        }
         let driver = mock
             .clone()
-            .unwrap_or_else(|| ProcessDriver::new(pc).shared());
+            .unwrap_or_else(|| hive_kernel::local_driver(cfg));
         kernel
             .spawn_agent(AgentSpec::new(LOCAL_ROLE, driver).with_capacity(max_concurrency))
             .await

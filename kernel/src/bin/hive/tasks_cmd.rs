@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Outcome, ProcessConfig,
-    ProcessDriver, RetryPolicy, ShutdownMode, Status, TaskSpec, Timestamp,
+    AgentSpec, BatchOptions, BatchResult, Cancellation, Config, Fairness, Outcome, RetryPolicy,
+    ShutdownMode, Status, TaskSpec, Timestamp, LOCAL_ROLE,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,7 +19,6 @@ use crate::progress;
 use crate::Exit;
 
 /// The role of tasks that name none: commands run by a local process agent.
-const LOCAL_ROLE: &str = "local";
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -283,13 +282,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Exit> {
         .iter()
         .any(|(_, t)| t.role.as_deref().unwrap_or(LOCAL_ROLE) == LOCAL_ROLE);
     if needs_local {
-        let mut pc = ProcessConfig::new();
-        if let Some(c) = &config {
-            pc.tail_bytes(c.kernel.output_tail_kib * 1024);
-        }
         kernel
             .spawn_agent(
-                AgentSpec::new(LOCAL_ROLE, ProcessDriver::new(pc).shared())
+                AgentSpec::new(LOCAL_ROLE, hive_kernel::local_driver(config.as_ref()))
                     .with_capacity(args.max_concurrency.unwrap_or(4)),
             )
             .await
