@@ -533,6 +533,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A reader that asks for a run while `gc` holds its lock waits, then finds nothing, and
+    /// leaves no lock file behind.
+    #[test]
+    fn a_reader_waiting_on_a_run_being_removed_finds_nothing() {
+        use crate::state::tests::header_only_run;
+        let dir = std::env::temp_dir().join(format!("hive-gc-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = StateStore::open(&dir).expect("store");
+        let (id, mut j) = header_only_run(&store, &["a"]);
+        j.flush().expect("flush");
+        drop(j);
+        let lock = store.lock_run(&id).expect("lock, as gc takes it");
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| store.run(&id));
+            // The reader waits for the lock; meanwhile the run's files go, as in gc.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!reader.is_finished(), "the reader waits for the lock");
+            remove_files(&dir.join("runs"), &id).expect("remove");
+            drop(lock);
+            let r = reader.join().expect("reader");
+            assert!(matches!(r, Err(StateError::NoSuchRun(_))), "{r:?}");
+        });
+        assert!(!dir.join("runs").join(format!("{id}.lock")).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn run_ids_carry_their_creation_time() {
         let t = created_from_id("20261122-063231-036-138cc1").expect("an id");

@@ -602,11 +602,15 @@ impl StateStore {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
         loop {
             match self.lock_run(id) {
-                Ok(_lock) => {
+                Ok(lock) => {
                     if self.adopt_locked(id)? {
                         if let Some(r) = find()? {
                             return Ok(r);
                         }
+                    }
+                    // Removed meanwhile (`hive gc` held the lock): leave no lock file behind.
+                    if !self.events_path(id).exists() {
+                        let _ = std::fs::remove_file(lock.path());
                     }
                     break;
                 }
