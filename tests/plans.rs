@@ -336,6 +336,46 @@ fn runs_show_and_events_read_the_state() {
     assert_eq!(header["steps"].as_array().map(Vec::len), Some(2));
     let f = hive(&dir, &["show", "no-such-run", "--state-dir", "st"]);
     assert_bad_input(&f, &["no-such-run"]);
+
+    // `--state` and `--last` select runs.
+    write(
+        &dir,
+        "fails.yaml",
+        "plan_id: f\nversion: 1\nsteps:\n  - id: bad\n    command: 'false'\n",
+    );
+    let failed = run_id(&hive(
+        &dir,
+        &["run", "fails.yaml", "--state-dir", "st", "-q"],
+    ));
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "--state-dir", "st", "--json"];
+        all.extend_from_slice(args);
+        let f = hive(&dir, &all);
+        assert_eq!(f.code, 0, "{f}");
+        f.json()
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(listed(&[]), [id.clone(), failed.clone()]);
+    assert_eq!(
+        listed(&["--state", "failed"]),
+        std::slice::from_ref(&failed)
+    );
+    assert_eq!(
+        listed(&["--state", "succeeded", "--last", "5"]),
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(listed(&["--last", "1"]), std::slice::from_ref(&failed));
+    assert!(listed(&["--state", "interrupted"]).is_empty());
+    assert_bad_input(
+        &hive(&dir, &["runs", "--state-dir", "st", "--state", "done"]),
+        &["--state", "possible values"],
+    );
 }
 
 #[test]

@@ -56,6 +56,15 @@ pub(crate) struct StateArgs {
 pub(crate) struct RunsArgs {
     #[command(flatten)]
     state: StateArgs,
+    /// Only the runs in this state (`interrupted`: pending or running, but no process
+    /// executes it).
+    #[arg(long = "state", value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(
+        ["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    ))]
+    only: Option<String>,
+    /// Only the N most recently created runs (after --state).
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
     /// One JSON array on stdout.
     #[arg(long)]
     json: bool,
@@ -256,10 +265,16 @@ fn short_ts(t: Option<Timestamp>) -> String {
 
 pub(crate) fn runs(args: RunsArgs) -> Result<u8, Exit> {
     let (_, store) = open_store(args.state.state_dir)?;
-    let runs = match &store {
+    let mut runs = match &store {
         Some(s) => s.runs()?,
         None => Vec::new(),
     };
+    if let Some(only) = &args.only {
+        runs.retain(|r| r.shown_state() == only);
+    }
+    if let Some(n) = args.last {
+        runs.drain(..runs.len().saturating_sub(n));
+    }
     if args.json {
         let v: Vec<Value> = runs
             .iter()
