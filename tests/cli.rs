@@ -827,3 +827,135 @@ fn agents_stop_on_sigterm_too() {
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("readiness check"), "{run}");
 }
+
+/// `GET path` from `addr` over HTTP/1.1: the status and the body as JSON (a plain-text body
+/// as a JSON string).
+fn http_get(addr: &str, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {raw}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (code, json)
+}
+
+/// `hive serve`: the pools of `hive agents`, with health and the state directory's runs over
+/// HTTP (the same JSON as the CLI's), JSON errors, and a drain on SIGTERM.
+#[test]
+fn serve_gives_health_and_runs_over_http_and_drains_on_sigterm() {
+    let dir = scratch("cli-serve");
+    let config = write(
+        &dir,
+        "hive.toml",
+        "[kernel]\nstate_dir = \"state\"\n\n[[pools]]\nrole = \"shell\"\ndriver = \"process\"\nsize = 2\n",
+    );
+    write(
+        &dir,
+        "p.yaml",
+        "plan_id: p\nversion: 1\nsteps:\n  - id: a\n    command: 'true'\n  - id: b\n    command: 'true'\n    depends_on: [a]\n",
+    );
+    // A run in the config's state directory, before the server starts.
+    let run = Hive::new(&dir)
+        .args(["run", "p.yaml", "-q", "--config"])
+        .args([&config])
+        .run();
+    assert_eq!(run.code, 0, "{run}");
+    let id = run.stderr.lines().next().unwrap_or("").replace("run ", "");
+
+    let mut serve = Hive::new(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([&config])
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || serve
+            .stderr()
+            .contains("Ctrl-C drains")),
+        "not ready:\n{}",
+        serve.stderr()
+    );
+    let line = serve.stderr();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in the ready line: {line}"))
+        .to_string();
+
+    let (code, h) = http_get(&addr, "/health");
+    assert_eq!((code, &h["status"]), (200, &Value::from("ok")), "{h}");
+    assert_eq!(h["roles"]["shell"]["agents"], 2, "{h}");
+    // The same process answers `hive health` over its control socket.
+    let cli = Hive::new(&dir)
+        .args(["health", "--json", "--config"])
+        .args([&config])
+        .run();
+    assert_eq!(cli.json()["started_at"], h["started_at"], "{cli}");
+    assert_eq!(http_get(&addr, "/livez").0, 200);
+
+    let (code, runs) = http_get(&addr, "/runs");
+    assert_eq!(code, 200, "{runs}");
+    let cli = Hive::new(&dir)
+        .args(["runs", "--json", "--state-dir", "state"])
+        .run();
+    assert_eq!(runs, cli.json(), "GET /runs is `hive runs --json`");
+    assert_eq!(runs[0]["id"], id.as_str(), "{runs}");
+    assert_eq!(
+        http_get(&addr, "/runs?state=failed").1,
+        serde_json::json!([])
+    );
+    let (code, one) = http_get(&addr, &format!("/runs/{id}"));
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["run"]["state"], "succeeded", "{one}");
+    assert_eq!(one["steps"].as_array().map(Vec::len), Some(2), "{one}");
+    let (code, evs) = http_get(&addr, &format!("/runs/{id}/events"));
+    assert_eq!(code, 200, "{evs}");
+    let types: Vec<&str> = evs
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(types.first(), Some(&"run_started"), "{evs}");
+    assert_eq!(types.last(), Some(&"run_finished"), "{evs}");
+    let (_, later) = http_get(&addr, &format!("/runs/{id}/events?after=2"));
+    assert_eq!(
+        later.as_array().map(Vec::len),
+        Some(types.len() - 2),
+        "{later}"
+    );
+
+    // Errors are JSON with their status.
+    for (path, want) in [
+        ("/runs/no-such-run", 404),
+        ("/runs?state=done", 400),
+        ("/runs?last=x", 400),
+        ("/nowhere", 404),
+    ] {
+        let (code, body) = http_get(&addr, path);
+        assert_eq!(code, want, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+
+    serve.signal(libc::SIGTERM);
+    let done = serve
+        .wait(Duration::from_secs(5))
+        .expect("`hive serve` exits within 5 s of SIGTERM");
+    assert_eq!(done.code, 0, "{done}");
+    assert!(done.stderr.contains("hive serve: draining"), "{done}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still listening on {addr} after exit"
+    );
+}

@@ -1,5 +1,6 @@
-//! `hive agents` (serve the pools of a config until Ctrl-C) and `hive health` (ask the serving
-//! process over its control socket, or start the pools fresh as a readiness check).
+//! `hive agents` (serve the pools of a config until Ctrl-C), `hive serve` (the same, with
+//! health and runs over HTTP), and `hive health` (ask the serving process over its control
+//! socket, or start the pools fresh as a readiness check).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,15 @@ pub(crate) struct AgentsArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    agents: AgentsArgs,
+    /// Where to serve HTTP (port 0: any free port; the ready line says which).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct HealthArgs {
     /// The config file of the pools.
     #[arg(long, value_name = "FILE", default_value = "hive.toml")]
@@ -47,6 +57,20 @@ async fn start_pools(config: &Config) -> Result<(Kernel, Vec<String>), Exit> {
 }
 
 pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
+    serve_pools(args, None).await
+}
+
+/// `hive serve`: `hive agents` with its health and the state directory's runs over HTTP.
+pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Exit> {
+    serve_pools(args.agents, Some(args.listen)).await
+}
+
+async fn serve_pools(args: AgentsArgs, http: Option<std::net::SocketAddr>) -> Result<u8, Exit> {
+    let name = if http.is_some() {
+        "hive serve"
+    } else {
+        "hive agents"
+    };
     let config = Config::load(&args.config)?;
     let state = crate::state_dir(args.state_dir, Some(&config));
     let sock = socket_path(&state, &args.config);
@@ -77,15 +101,40 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
             failures.len()
         )));
     }
+    let web = match http {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                kernel.shutdown(ShutdownMode::Now).await;
+                return Err(Exit::bad_input(format!("--listen {addr}: {e}")));
+            }
+        },
+        None => None,
+    };
     let server = serve_control(kernel.clone(), sock.clone())
         .await
         .map_err(|e| Exit::failed(e.to_string()))?;
+    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut web_url = String::new();
+    let web = web.map(|listener| {
+        if let Ok(a) = listener.local_addr() {
+            web_url = format!("; http://{a} (GET /health, /runs, /runs/ID, /runs/ID/events)");
+        }
+        let app = crate::http::router(kernel.clone(), state.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = web_stopped.await;
+                })
+                .await
+        })
+    });
     // Listening before the ready line: a signal sent as soon as it shows is not lost.
     let mut stop = Stop::new();
     let h = kernel.health();
     // One write, so that a reader never sees the line half-written (stderr is unbuffered).
     let line = format!(
-        "hive agents: {} agent(s) ready in {} role(s) from {}; health: hive health --config {}; Ctrl-C drains\n",
+        "{name}: {} agent(s) ready in {} role(s) from {}; health: hive health --config {}{web_url}; Ctrl-C drains\n",
         h.agents.ready + h.agents.busy,
         h.roles.len(),
         args.config.display(),
@@ -96,14 +145,19 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<u8, Exit> {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
     stop.wait().await;
-    eprintln!("hive agents: draining (Ctrl-C again to stop now)");
+    eprintln!("{name}: draining (Ctrl-C again to stop now)");
     let drain = kernel.shutdown(ShutdownMode::Graceful);
     tokio::select! {
         _ = drain => {}
         _ = stop.wait() => {
-            eprintln!("hive agents: stopping now");
+            eprintln!("{name}: stopping now");
             kernel.shutdown(ShutdownMode::Now).await;
         }
+    }
+    // HTTP answers (health shows the drain) until the pools are down.
+    let _ = web_stop.send(());
+    if let Some(w) = web {
+        let _ = w.await;
     }
     let _ = server.await;
     if let Some(s) = sink {

@@ -50,6 +50,7 @@ macro_rules! say {
 }
 
 mod agents_cmd;
+mod http;
 mod plan_cmd;
 mod plan_progress;
 mod plugins_cmd;
@@ -128,6 +129,8 @@ enum Cmd {
     Plugins(plugins_cmd::PluginsArgs),
     /// Start the agent pools of a config file and serve them until Ctrl-C (drains gracefully).
     Agents(agents_cmd::AgentsArgs),
+    /// `hive agents` with its health and the state directory's runs over HTTP (JSON).
+    Serve(agents_cmd::ServeArgs),
     /// Health of the `hive agents` serving a config, or a readiness check of its pools.
     Health(agents_cmd::HealthArgs),
 }
@@ -157,7 +160,10 @@ fn init_tracing() {
 fn main() -> ! {
     let cli = Cli::parse();
     init_tracing();
-    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Resume(_) | Cmd::Agents(_)) {
+    if matches!(
+        cli.cmd,
+        Cmd::Run(_) | Cmd::Resume(_) | Cmd::Agents(_) | Cmd::Serve(_)
+    ) {
         // Commands will run: fork the orphan guard while this process is small and has one
         // thread (it sets itself up on the other core while the plan is read).
         hive_kernel::start_orphan_guard();
@@ -189,6 +195,7 @@ fn main() -> ! {
             Cmd::Gc(a) => plan_cmd::gc(a),
             Cmd::Plugins(a) => plugins_cmd::plugins(a).await,
             Cmd::Agents(a) => agents_cmd::agents(a).await,
+            Cmd::Serve(a) => agents_cmd::serve(a).await,
             Cmd::Health(a) => agents_cmd::health(a).await,
         }
     };

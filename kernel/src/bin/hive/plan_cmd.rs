@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use hive_kernel::{
     AgentSpec, CacheMode, Config, GcOptions, Plan, PlanError, PlanRun, PluginSpec, RunError,
-    RunOptions, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState, Timestamp,
-    LOCAL_ROLE,
+    RunOptions, RunRecord, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState,
+    Timestamp, LOCAL_ROLE,
 };
 use serde_json::{json, Value};
 
@@ -265,33 +265,15 @@ fn short_ts(t: Option<Timestamp>) -> String {
 
 pub(crate) fn runs(args: RunsArgs) -> Result<u8, Exit> {
     let (_, store) = open_store(args.state.state_dir)?;
-    let mut runs = match &store {
-        Some(s) => s.runs()?,
+    let runs = match &store {
+        Some(s) => select_runs(s.runs()?, args.only.as_deref(), args.last),
         None => Vec::new(),
     };
-    if let Some(only) = &args.only {
-        runs.retain(|r| r.shown_state() == only);
-    }
-    if let Some(n) = args.last {
-        runs.drain(..runs.len().saturating_sub(n));
-    }
     if args.json {
-        let v: Vec<Value> = runs
-            .iter()
-            .map(|r| {
-                json!({
-                    "id": r.run_id,
-                    "plan": r.plan_id,
-                    "plan_path": r.plan_path,
-                    "state": r.shown_state(),
-                    "created_at": r.created_at.to_string(),
-                    "started_at": ts(r.started_at),
-                    "finished_at": ts(r.finished_at),
-                    "resumes": r.resumes,
-                })
-            })
-            .collect();
-        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&runs_json(&runs)).unwrap_or_default()
+        );
         return Ok(0);
     }
     if runs.is_empty() {
@@ -329,6 +311,54 @@ pub(crate) fn runs(args: RunsArgs) -> Result<u8, Exit> {
         );
     }
     Ok(0)
+}
+
+/// The runs in state `only` (as shown: `interrupted` included), then the newest `last`.
+pub(crate) fn select_runs(
+    mut runs: Vec<RunRecord>,
+    only: Option<&str>,
+    last: Option<usize>,
+) -> Vec<RunRecord> {
+    if let Some(only) = only {
+        runs.retain(|r| r.shown_state() == only);
+    }
+    if let Some(n) = last {
+        runs.drain(..runs.len().saturating_sub(n));
+    }
+    runs
+}
+
+/// `hive runs --json` (and `GET /runs` of `hive serve`).
+pub(crate) fn runs_json(runs: &[RunRecord]) -> Value {
+    runs.iter()
+        .map(|r| {
+            json!({
+                "id": r.run_id,
+                "plan": r.plan_id,
+                "plan_path": r.plan_path,
+                "state": r.shown_state(),
+                "created_at": r.created_at.to_string(),
+                "started_at": ts(r.started_at),
+                "finished_at": ts(r.finished_at),
+                "resumes": r.resumes,
+            })
+        })
+        .collect()
+}
+
+/// `hive show RUN --json` (and `GET /runs/RUN` of `hive serve`): the run, its steps and
+/// attempts, after bringing an interrupted run's last events in from its JSONL file.
+pub(crate) fn show_json(store: &StateStore, id: &str) -> Result<Value, StateError> {
+    store.run(id)?;
+    store.recover(id)?;
+    let run = store.run(id)?;
+    let steps = store.steps(id)?;
+    let attempts = store.attempts(id)?;
+    let mut r = serde_json::to_value(&run).unwrap_or(Value::Null);
+    if let Some(o) = r.as_object_mut() {
+        o.insert("state".into(), json!(run.shown_state()));
+    }
+    Ok(json!({"run": r, "steps": steps, "attempts": attempts}))
 }
 
 /// `hive gc`: removes old runs (rows and files) from a state directory.
@@ -436,28 +466,16 @@ fn human_bytes(b: u64) -> String {
 
 pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {
     let store = need_store(args.state.state_dir, &args.run)?;
+    if args.json {
+        let v = show_json(&store, &args.run)?;
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
     store.run(&args.run)?;
     // An interrupted run's last events may be in its JSONL file only.
     store.recover(&args.run)?;
     let run = store.run(&args.run)?;
     let steps = store.steps(&args.run)?;
-    if args.json {
-        let attempts = store.attempts(&args.run)?;
-        let mut r = serde_json::to_value(&run).unwrap_or(Value::Null);
-        if let Some(o) = r.as_object_mut() {
-            o.insert("state".into(), json!(run.shown_state()));
-        }
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "run": r,
-                "steps": steps,
-                "attempts": attempts,
-            }))
-            .unwrap_or_default()
-        );
-        return Ok(0);
-    }
     say!("run       {}", run.run_id);
     say!(
         "plan      {} (version {}) {}",
