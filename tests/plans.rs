@@ -64,6 +64,20 @@ fn start_until_running(dir: &Path, plan: &str) -> (Running, String) {
     (run, id)
 }
 
+/// The `key` of each object of a JSON array (`hive runs --json`, `hive gc --json`'s `removed`).
+fn ids_in(v: &Value, key: &str) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r[key].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A plan whose one step fails.
+const FAILING_PLAN: &str = "plan_id: f\nversion: 1\nsteps:\n  - id: bad\n    command: 'false'\n";
+
 fn assert_bad_input(f: &Finished, needles: &[&str]) {
     assert_eq!(f.code, 2, "expected exit 2:\n{f}");
     assert!(f.stderr.contains("error"), "no error message:\n{f}");
@@ -338,11 +352,7 @@ fn runs_show_and_events_read_the_state() {
     assert_bad_input(&f, &["no-such-run"]);
 
     // `--state` and `--last` select runs.
-    write(
-        &dir,
-        "fails.yaml",
-        "plan_id: f\nversion: 1\nsteps:\n  - id: bad\n    command: 'false'\n",
-    );
+    write(&dir, "fails.yaml", FAILING_PLAN);
     let failed = run_id(&hive(
         &dir,
         &["run", "fails.yaml", "--state-dir", "st", "-q"],
@@ -352,14 +362,7 @@ fn runs_show_and_events_read_the_state() {
         all.extend_from_slice(args);
         let f = hive(&dir, &all);
         assert_eq!(f.code, 0, "{f}");
-        f.json()
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r["id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        ids_in(&f.json(), "id")
     };
     assert_eq!(listed(&[]), [id.clone(), failed.clone()]);
     assert_eq!(
@@ -483,14 +486,7 @@ fn gc_removes_old_runs_and_never_a_running_one() {
 
     let removed = |f: &Finished| -> Vec<String> {
         assert_eq!(f.code, 0, "{f}");
-        f.json()["removed"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r["run_id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        ids_in(&f.json()["removed"], "run_id")
     };
     let f = hive(
         &dir,
@@ -557,12 +553,7 @@ fn gc_removes_old_runs_and_never_a_running_one() {
         .expect("the live run ends");
     assert_eq!(done.code, 0, "{done}");
     let f = hive(&dir, &["runs", "--state-dir", "st", "--json"]);
-    let listed = f.json();
-    let listed: Vec<&str> = listed
-        .as_array()
-        .map(|a| a.iter().filter_map(|r| r["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(listed, [live_id.as_str()]);
+    assert_eq!(ids_in(&f.json(), "id"), std::slice::from_ref(&live_id));
     let f = hive(&dir, &["gc", "--state-dir", "st", "--keep", "1"]);
     assert!(f.stdout.contains("removed 0 runs"), "{f}");
 
@@ -583,11 +574,7 @@ fn gc_removes_old_runs_and_never_a_running_one() {
 #[test]
 fn legacy_flag_keeps_the_legacy_plan_cli_contract() {
     let dir = scratch("plan-legacy");
-    write(
-        &dir,
-        "fails.yaml",
-        "plan_id: f\nversion: 1\nsteps:\n  - id: bad\n    command: 'false'\n",
-    );
+    write(&dir, "fails.yaml", FAILING_PLAN);
     let f = hive(
         &dir,
         &["run", "fails.yaml", "--state-dir", "st", "--legacy", "-q"],

@@ -108,6 +108,11 @@ pub(crate) fn event_key(run_no: i64, seq: u64) -> i64 {
     (run_no << 40) | (seq as i64 & 0xFF_FFFF_FFFF)
 }
 
+/// The `events.id` range of a run.
+pub(crate) fn event_range(run_no: i64) -> (i64, i64) {
+    (event_key(run_no, 0), event_key(run_no, u64::MAX))
+}
+
 /// Maps a SQLite error on `path` to a [`StateError`]: corrupt and locked databases get their
 /// own variants, so that the command line can say what to do.
 pub(crate) fn map_err(path: &Path, e: rusqlite::Error) -> StateError {

@@ -109,17 +109,20 @@ pub struct GcReport {
     pub vacuum_error: Option<String>,
 }
 
-/// A run found in the database or in `runs/`.
-struct Found {
-    /// Listed from the database (else from `runs/`).
-    in_db: bool,
-    run: GcRun,
-}
-
-impl Found {
+impl GcRun {
     /// When its age counts from: its end, else its creation.
     fn age_from(&self) -> Timestamp {
-        self.run.finished_at.unwrap_or(self.run.created_at)
+        self.finished_at.unwrap_or(self.created_at)
+    }
+
+    /// As reported: `gc` reports only runs that no process executes, so a `pending` or
+    /// `running` one (its process gone since the listing, perhaps) is `interrupted`.
+    fn shown(&self) -> GcRun {
+        let mut run = self.clone();
+        if matches!(run.state.as_str(), "running" | "pending") {
+            run.state = "interrupted".into();
+        }
+        run
     }
 }
 
@@ -144,10 +147,10 @@ impl StateStore {
         let runs_dir = self.dir.join("runs");
         if opts.dry_run {
             for &i in &selected {
-                if RunLock::held(&runs_dir, &all[i].run.run_id) {
-                    report.busy.push(all[i].run.run_id.clone());
+                if RunLock::held(&runs_dir, &all[i].run_id) {
+                    report.busy.push(all[i].run_id.clone());
                 } else {
-                    report.removed.push(shown(&all[i], false));
+                    report.removed.push(all[i].shown());
                 }
             }
             report.kept = all.len() - report.removed.len();
@@ -159,7 +162,7 @@ impl StateStore {
         for chunk in selected.chunks(CHUNK) {
             let mut locked: Vec<(usize, RunLock)> = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                let id = &all[i].run.run_id;
+                let id = &all[i].run_id;
                 match RunLock::acquire(&runs_dir, id) {
                     Ok(l) => locked.push((i, l)),
                     Err(StateError::RunBusy { .. }) => report.busy.push(id.clone()),
@@ -169,8 +172,8 @@ impl StateStore {
             let gone = self.delete_rows(&all, &locked, cutoff)?;
             for (&(i, _), gone) in locked.iter().zip(gone) {
                 if gone {
-                    report.file_bytes += remove_files(&runs_dir, &all[i].run.run_id)?;
-                    report.removed.push(shown(&all[i], true));
+                    report.file_bytes += remove_files(&runs_dir, &all[i].run_id)?;
+                    report.removed.push(all[i].shown());
                 }
             }
         }
@@ -200,32 +203,19 @@ impl StateStore {
     }
 
     /// Every run: the database's, then those with files only, oldest first.
-    fn found_runs(&self) -> Result<Vec<Found>, StateError> {
-        let mut all = Vec::new();
-        {
-            let conn = self.conn.lock();
-            let mut st = conn
-                .prepare("SELECT run_id, plan_id, state, created_at, finished_at FROM runs")
-                .map_err(self.m())?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(Found {
-                        in_db: true,
-                        run: GcRun {
-                            run_id: r.get(0)?,
-                            plan_id: r.get(1)?,
-                            state: r.get(2)?,
-                            created_at: parse_ts(r.get(3)?).unwrap_or_default(),
-                            finished_at: parse_ts(r.get(4)?),
-                        },
-                    })
-                })
-                .map_err(self.m())?;
-            for row in rows {
-                all.push(row.map_err(self.m())?);
-            }
-        }
-        let known: HashSet<String> = all.iter().map(|f| f.run.run_id.clone()).collect();
+    fn found_runs(&self) -> Result<Vec<GcRun>, StateError> {
+        let mut all: Vec<GcRun> = self
+            .runs()?
+            .into_iter()
+            .map(|r| GcRun {
+                state: r.shown_state().to_string(),
+                plan_id: r.plan_id,
+                created_at: r.created_at,
+                finished_at: r.finished_at,
+                run_id: r.run_id,
+            })
+            .collect();
+        let known: HashSet<String> = all.iter().map(|r| r.run_id.clone()).collect();
         let runs_dir = self.dir.join("runs");
         let entries = match std::fs::read_dir(&runs_dir) {
             Ok(e) => e,
@@ -271,7 +261,7 @@ impl StateStore {
                     run_id: id,
                 },
             };
-            all.push(Found { in_db: false, run });
+            all.push(run);
         }
         Ok(sorted(all))
     }
@@ -280,7 +270,7 @@ impl StateStore {
     /// is to go (false: it became young again).
     fn delete_rows(
         &self,
-        all: &[Found],
+        all: &[GcRun],
         chunk: &[(usize, RunLock)],
         cutoff: Option<Timestamp>,
     ) -> Result<Vec<bool>, StateError> {
@@ -296,7 +286,7 @@ impl StateStore {
             let now: Option<(i64, Option<String>, Option<String>)> = tx
                 .query_row(
                     "SELECT run_no, created_at, finished_at FROM runs WHERE run_id = ?1",
-                    [&all[i].run.run_id],
+                    [&all[i].run_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
@@ -311,7 +301,7 @@ impl StateStore {
                 gone.push(false);
                 continue;
             }
-            let (elo, ehi) = (db::event_key(run_no, 0), db::event_key(run_no, u64::MAX));
+            let (elo, ehi) = db::event_range(run_no);
             let (alo, ahi) = db::attempt_range(run_no);
             let (slo, shi) = db::step_range(run_no);
             tx.execute(
@@ -338,8 +328,8 @@ impl StateStore {
     }
 }
 
-fn sorted(mut all: Vec<Found>) -> Vec<Found> {
-    all.sort_by(|a, b| (a.run.created_at, &a.run.run_id).cmp(&(b.run.created_at, &b.run.run_id)));
+fn sorted(mut all: Vec<GcRun>) -> Vec<GcRun> {
+    all.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
     all
 }
 
@@ -351,7 +341,7 @@ fn cutoff(now: Timestamp, age: Duration) -> Timestamp {
 }
 
 /// The indices (into `all`, oldest first) of the runs `opts` selects.
-fn select(all: &[Found], opts: &GcOptions, now: Timestamp) -> Vec<usize> {
+fn select(all: &[GcRun], opts: &GcOptions, now: Timestamp) -> Vec<usize> {
     if opts.older_than.is_none() && opts.keep.is_none() {
         return Vec::new();
     }
@@ -360,16 +350,6 @@ fn select(all: &[Found], opts: &GcOptions, now: Timestamp) -> Vec<usize> {
     (0..end)
         .filter(|&i| cutoff.is_none_or(|c| all[i].age_from() < c))
         .collect()
-}
-
-/// The run as reported: a `running` or `pending` run that nobody executes is `interrupted`
-/// (`locked`: this process holds its lock, so nobody else does).
-fn shown(f: &Found, locked: bool) -> GcRun {
-    let mut run = f.run.clone();
-    if f.in_db && matches!(run.state.as_str(), "running" | "pending") && locked {
-        run.state = "interrupted".into();
-    }
-    run
 }
 
 /// The creation time written in a run id (`YYYYMMDD-HHMMSS-mmm-...`).
@@ -397,24 +377,20 @@ fn created_from_id(id: &str) -> Option<Timestamp> {
 /// Removes a run's files (its JSONL file, scratch directory, then lock file); the bytes they
 /// held. A file already gone is fine.
 fn remove_files(runs_dir: &Path, id: &str) -> Result<u64, StateError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Io { path, source }
+    let gone = |path: &Path, r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
     };
-    let mut bytes = 0;
     let scratch = runs_dir.join(id);
-    bytes += tree_bytes(&scratch);
-    match std::fs::remove_dir_all(&scratch) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&scratch)(e)),
-        _ => {}
-    }
+    let mut bytes = tree_bytes(&scratch);
+    gone(&scratch, std::fs::remove_dir_all(&scratch))?;
     for ext in ["jsonl", "lock"] {
         let p = runs_dir.join(format!("{id}.{ext}"));
-        bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
-            _ => {}
-        }
+        bytes += tree_bytes(&p);
+        gone(&p, std::fs::remove_file(&p))?;
     }
     Ok(bytes)
 }
@@ -436,16 +412,13 @@ fn tree_bytes(p: &Path) -> u64 {
 mod tests {
     use super::*;
 
-    fn found(id: &str, created: u64, finished: Option<u64>) -> Found {
-        Found {
-            in_db: true,
-            run: GcRun {
-                run_id: id.into(),
-                plan_id: "p".into(),
-                state: "succeeded".into(),
-                created_at: Timestamp(created),
-                finished_at: finished.map(Timestamp),
-            },
+    fn found(id: &str, created: u64, finished: Option<u64>) -> GcRun {
+        GcRun {
+            run_id: id.into(),
+            plan_id: "p".into(),
+            state: "succeeded".into(),
+            created_at: Timestamp(created),
+            finished_at: finished.map(Timestamp),
         }
     }
 

@@ -789,11 +789,11 @@ impl StateStore {
 
     /// The last event seq of a run (0 if none).
     pub(crate) fn last_seq(&self, id: &str) -> Result<u64, StateError> {
-        let run_no = self.run_no(id)?;
+        let (lo, hi) = db::event_range(self.run_no(id)?);
         let conn = self.conn.lock();
         conn.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM events WHERE id BETWEEN ?1 AND ?2",
-            rusqlite::params![db::event_key(run_no, 0), db::event_key(run_no, u64::MAX)],
+            rusqlite::params![lo, hi],
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n as u64)

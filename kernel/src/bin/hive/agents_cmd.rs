@@ -81,6 +81,15 @@ async fn serve_pools(args: AgentsArgs, http: Option<std::net::SocketAddr>) -> Re
             sock.display()
         )));
     }
+    // Bound before any agent starts: an address in use stops nothing but this command.
+    let web = match http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Exit::bad_input(format!("--listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let (kernel, failures) = start_pools(&config).await?;
     let sink = match &args.events {
         Some(p) => Some(
@@ -101,25 +110,16 @@ async fn serve_pools(args: AgentsArgs, http: Option<std::net::SocketAddr>) -> Re
             failures.len()
         )));
     }
-    let web = match http {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                kernel.shutdown(ShutdownMode::Now).await;
-                return Err(Exit::bad_input(format!("--listen {addr}: {e}")));
-            }
-        },
-        None => None,
-    };
     let server = serve_control(kernel.clone(), sock.clone())
         .await
         .map_err(|e| Exit::failed(e.to_string()))?;
     let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut web_url = String::new();
+    let web_url = web
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("; http://{a} (GET /health, /runs, /runs/ID, /runs/ID/events)"))
+        .unwrap_or_default();
     let web = web.map(|listener| {
-        if let Ok(a) = listener.local_addr() {
-            web_url = format!("; http://{a} (GET /health, /runs, /runs/ID, /runs/ID/events)");
-        }
         let app = crate::http::router(kernel.clone(), state.clone());
         tokio::spawn(async move {
             axum::serve(listener, app)

@@ -8,6 +8,7 @@
 //! query), 404 (no such run or path) or 500 (the state directory failed).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -16,14 +17,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hive_kernel::{Kernel, StateError, StateStore};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// What the handlers share: the serving kernel and the state directory.
+/// What the handlers share: the serving kernel, the state directory, and its store once the
+/// directory has a database (opened by the first request that finds one, then kept).
 #[derive(Clone)]
 struct App {
     kernel: Kernel,
     state_dir: PathBuf,
+    store: Arc<Mutex<Option<Arc<StateStore>>>>,
+}
+
+impl App {
+    /// The state store; `None` while the directory has no database yet.
+    fn store(&self) -> Result<Option<Arc<StateStore>>, StateError> {
+        let mut cached = self.store.lock();
+        if cached.is_none() {
+            *cached = StateStore::open_existing(&self.state_dir)?.map(Arc::new);
+        }
+        Ok(cached.clone())
+    }
 }
 
 /// The routes, over `kernel` and the runs of `state_dir`.
@@ -40,7 +55,11 @@ pub(crate) fn router(kernel: Kernel, state_dir: PathBuf) -> Router {
                 "no such path (see GET /health, /runs, /runs/ID, /runs/ID/events)",
             )
         })
-        .with_state(App { kernel, state_dir })
+        .with_state(App {
+            kernel,
+            state_dir,
+            store: Arc::default(),
+        })
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
@@ -59,10 +78,9 @@ fn state_error(e: StateError) -> Response {
 /// Runs `f` on the blocking pool (SQLite), with the state store if there is one yet.
 async fn with_store(
     app: App,
-    f: impl FnOnce(Option<StateStore>) -> Result<Value, StateError> + Send + 'static,
+    f: impl FnOnce(Option<Arc<StateStore>>) -> Result<Value, StateError> + Send + 'static,
 ) -> Response {
-    let r =
-        tokio::task::spawn_blocking(move || f(StateStore::open_existing(&app.state_dir)?)).await;
+    let r = tokio::task::spawn_blocking(move || f(app.store()?)).await;
     match r {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => state_error(e),
@@ -80,16 +98,6 @@ async fn health(State(app): State<App>) -> Response {
     (code, Json(report)).into_response()
 }
 
-/// The states `?state=` takes (a run's state as shown).
-const STATES: [&str; 6] = [
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-];
-
 #[derive(Deserialize)]
 struct RunsQuery {
     state: Option<String>,
@@ -101,10 +109,11 @@ async fn runs(State(app): State<App>, q: Result<Query<RunsQuery>, QueryRejection
         Ok(Query(q)) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+    let states = crate::plan_cmd::RUN_STATES;
+    if let Some(s) = q.state.as_deref().filter(|s| !states.contains(s)) {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("state `{s}`: expected one of {}", STATES.join(", ")),
+            format!("state `{s}`: expected one of {}", states.join(", ")),
         );
     }
     with_store(app, move |store| {
@@ -141,8 +150,7 @@ async fn events(
     };
     with_store(app, move |store| {
         let store = store.ok_or_else(|| StateError::NoSuchRun(id.clone()))?;
-        store.run(&id)?;
-        store.recover(&id)?;
+        crate::plan_cmd::up_to_date(&store, &id)?;
         let events: Vec<Value> = store
             .events_after(&id, after)?
             .into_iter()

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hive_kernel::{
-    AgentSpec, CacheMode, Config, GcOptions, Plan, PlanError, PlanRun, PluginSpec, RunError,
-    RunOptions, RunRecord, RunReport, RunState, ShutdownMode, StateError, StateStore, StepState,
-    Timestamp, LOCAL_ROLE,
+    AgentSpec, CacheMode, Config, GcOptions, GcReport, Plan, PlanError, PlanRun, PluginSpec,
+    RunError, RunOptions, RunRecord, RunReport, RunState, ShutdownMode, StateError, StateStore,
+    StepState, Timestamp, LOCAL_ROLE,
 };
 use serde_json::{json, Value};
 
@@ -52,15 +52,23 @@ pub(crate) struct StateArgs {
     state_dir: Option<PathBuf>,
 }
 
+/// A run's states as shown (`hive runs --state`, `GET /runs?state=`).
+pub(crate) const RUN_STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
+
 #[derive(Args, Debug)]
 pub(crate) struct RunsArgs {
     #[command(flatten)]
     state: StateArgs,
     /// Only the runs in this state (`interrupted`: pending or running, but no process
     /// executes it).
-    #[arg(long = "state", value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(
-        ["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
-    ))]
+    #[arg(long = "state", value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(RUN_STATES))]
     only: Option<String>,
     /// Only the N most recently created runs (after --state).
     #[arg(long, value_name = "N")]
@@ -346,12 +354,19 @@ pub(crate) fn runs_json(runs: &[RunRecord]) -> Value {
         .collect()
 }
 
+/// Run `id`, after bringing in the events an interrupted run has in its JSONL file only (the
+/// readers `show` and `events`, the CLI's and HTTP's). An unknown id is `NoSuchRun`, checked
+/// before anything is written.
+pub(crate) fn up_to_date(store: &StateStore, id: &str) -> Result<RunRecord, StateError> {
+    store.run(id)?;
+    store.recover(id)?;
+    store.run(id)
+}
+
 /// `hive show RUN --json` (and `GET /runs/RUN` of `hive serve`): the run, its steps and
 /// attempts, after bringing an interrupted run's last events in from its JSONL file.
 pub(crate) fn show_json(store: &StateStore, id: &str) -> Result<Value, StateError> {
-    store.run(id)?;
-    store.recover(id)?;
-    let run = store.run(id)?;
+    let run = up_to_date(store, id)?;
     let steps = store.steps(id)?;
     let attempts = store.attempts(id)?;
     let mut r = serde_json::to_value(&run).unwrap_or(Value::Null);
@@ -366,9 +381,11 @@ pub(crate) fn gc(args: GcArgs) -> Result<u8, Exit> {
     let (dir, store) = open_store(args.state.state_dir)?;
     let Some(store) = store else {
         if args.json {
+            let mut empty = GcReport::default();
+            empty.dry_run = args.dry_run;
             say!(
                 "{}",
-                json!({"dry_run": args.dry_run, "removed": [], "kept": 0, "busy": []})
+                serde_json::to_string_pretty(&empty).unwrap_or_default()
             );
         } else {
             say!("nothing to remove: {} has no state", dir.display());
@@ -471,10 +488,7 @@ pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(0);
     }
-    store.run(&args.run)?;
-    // An interrupted run's last events may be in its JSONL file only.
-    store.recover(&args.run)?;
-    let run = store.run(&args.run)?;
+    let run = up_to_date(&store, &args.run)?;
     let steps = store.steps(&args.run)?;
     say!("run       {}", run.run_id);
     say!(
@@ -539,8 +553,7 @@ pub(crate) fn show(args: ShowArgs) -> Result<u8, Exit> {
 
 pub(crate) async fn events(args: EventsArgs) -> Result<u8, Exit> {
     let store = need_store(args.state.state_dir, &args.run)?;
-    store.run(&args.run)?;
-    store.recover(&args.run)?;
+    up_to_date(&store, &args.run)?;
     let mut last = 0u64;
     loop {
         let evs = store.events_after(&args.run, last)?;
